@@ -1,0 +1,30 @@
+"""mi-credential: an async Azure managed identity credential for every hosting source.
+
+>>> from mi_credential import ManagedIdentityCredential
+>>> async with ManagedIdentityCredential() as credential:          # doctest: +SKIP
+...     token = await credential.get_token("https://management.azure.com/.default")
+"""
+
+from ._credential import ManagedIdentityCredential
+from ._environment import SourceConfig, detect_source
+from ._errors import (
+    CredentialUnavailableError,
+    InvalidTokenResponseError,
+    ManagedIdentityError,
+    TokenRequestError,
+)
+from ._models import IdentityKind, ManagedIdentitySource
+from ._version import __version__
+
+__all__ = [
+    "CredentialUnavailableError",
+    "IdentityKind",
+    "InvalidTokenResponseError",
+    "ManagedIdentityCredential",
+    "ManagedIdentityError",
+    "ManagedIdentitySource",
+    "SourceConfig",
+    "TokenRequestError",
+    "__version__",
+    "detect_source",
+]

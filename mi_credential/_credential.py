@@ -1,0 +1,651 @@
+"""ManagedIdentityCredential: cache, single-flight acquisition, retries under one deadline,
+telemetry. The protocol details live in ``_sources``; the HTTP in ``_transport``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import platform
+import random
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from functools import partial
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from azure.core.credentials import AccessToken, AccessTokenInfo, TokenRequestOptions
+
+from ._constants import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_READ_TIMEOUT,
+    DEFAULT_TIMEOUT,
+    MANDATORY_REFRESH_MARGIN,
+    REFRESH_RETRY_BACKOFF,
+)
+from ._constants import EnvironmentVariables as Env
+from ._environment import SourceConfig, build_identity, detect_source
+from ._errors import TROUBLESHOOTING_URL, CredentialUnavailableError, ManagedIdentityError
+from ._files import read_arc_key, read_federated_token
+from ._models import (
+    Identity,
+    ManagedIdentitySource,
+    ParsedToken,
+    RawResponse,
+    RedactedAccessToken,
+    RedactedAccessTokenInfo,
+    TokenRequest,
+)
+from ._retry import AttemptOutcome, RetryState, next_delay, parse_retry_after
+from ._sources import AzureArcSource, Target, TokenSource, create_source
+from ._sources.workload_identity import merge_cae_claims
+from ._telemetry import CACHE_RESULT as CACHE_RESULT_ATTRIBUTE
+from ._telemetry import (
+    COALESCED_WAITERS,
+    IDENTITY_KIND,
+    OUTCOME,
+    SOURCE,
+    TOKEN_REQUESTS,
+    Acquisition,
+    CredentialTelemetry,
+)
+from ._telemetry import RESOURCE as RESOURCE_ATTRIBUTE
+from ._transport import Transport, TransportError
+from ._version import __version__
+
+if TYPE_CHECKING:
+    import aiohttp
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import TracerProvider
+
+_logger = logging.getLogger("mi_credential")
+
+#: azure-core pipeline keywords azure-identity accepts; they configure a pipeline we do not have.
+_IGNORED_KWARGS = frozenset(
+    {
+        "transport",
+        "policies",
+        "per_call_policies",
+        "per_retry_policies",
+        "logging_enable",
+        "logging_policy",
+        "http_logging_policy",
+        "retry_policy",
+        "retry_total",
+        "retry_connect",
+        "retry_read",
+        "retry_status",
+        "retry_backoff_factor",
+        "retry_backoff_max",
+        "retry_mode",
+        "proxies",
+        "headers",
+        "user_agent_policy",
+        "distributed_tracing_policy",
+        "_enable_imds_probe",
+    }
+)
+
+_NO_SOURCE_MESSAGE = (
+    "No managed identity endpoint found: IDENTITY_ENDPOINT is set but neither IDENTITY_HEADER "
+    "(App Service) nor IMDS_ENDPOINT (Azure Arc) is, so the hosting platform cannot be "
+    f"determined. Visit {TROUBLESHOOTING_URL} to troubleshoot this issue."
+)
+
+
+class _Entry:
+    """A cached token. Updated in place when refreshed, so every alias sees the new token."""
+
+    __slots__ = (
+        "access_token",
+        "expires_on",
+        "info",
+        "mandatory_at",
+        "next_background_refresh",
+        "refresh_on",
+    )
+
+    def __init__(self, parsed: ParsedToken) -> None:
+        self.next_background_refresh = 0.0
+        self.update(parsed)
+
+    def update(self, parsed: ParsedToken) -> None:
+        self.access_token: AccessToken = RedactedAccessToken(parsed.token, parsed.expires_on)
+        self.info: AccessTokenInfo = RedactedAccessTokenInfo(
+            parsed.token,
+            parsed.expires_on,
+            token_type=parsed.token_type,
+            refresh_on=parsed.refresh_on,
+        )
+        self.expires_on = parsed.expires_on
+        self.refresh_on = parsed.refresh_on
+        self.mandatory_at = max(parsed.refresh_on, parsed.expires_on - MANDATORY_REFRESH_MARGIN)
+        self.next_background_refresh = 0.0
+
+
+class ManagedIdentityCredential:
+    """Authenticates with an Azure managed identity, in every hosting environment.
+
+    A drop-in for :class:`azure.identity.aio.ManagedIdentityCredential`. The hosting source is
+    detected from environment variables once, when the credential is created. Tokens are cached
+    per resource; concurrent callers share one request; a token past its refresh time keeps being
+    served while one background refresh runs; every acquisition retries transient failures under
+    one deadline and is traced and measured with OpenTelemetry.
+
+    Args:
+        client_id: Client ID of a user-assigned identity. Also the application for workload
+            identity (default ``AZURE_CLIENT_ID``).
+        identity_config: A user-assigned identity as ``{"object_id": ...}``,
+            ``{"resource_id": ...}`` or ``{"client_id": ...}``; other entries are sent to the
+            endpoint verbatim. Never modified.
+        timeout: Overall deadline of one acquisition, retries included, in seconds.
+        connection_timeout: Seconds to establish each connection.
+        read_timeout: Seconds to wait for each read of a response.
+        session: An :class:`aiohttp.ClientSession` to send with (it is never closed here).
+            By default the credential creates its own.
+        connection_verify: ``True`` to verify TLS with the system trust store, or the path of a
+            CA bundle (PEM) to trust instead. Service Fabric always pins its thumbprint.
+        additionally_allowed_tenants: Workload identity: tenants besides ``AZURE_TENANT_ID``
+            that ``tenant_id`` may name; ``"*"`` allows any.
+        exclude_workload_identity: Do not select workload identity even if configured.
+        environ: Environment variables to detect the source from (default :data:`os.environ`).
+        clock: Wall clock, epoch seconds (default :func:`time.time`). When given, it also
+            drives deadlines and durations.
+        sleep: Awaitable sleep used between retries (default :func:`asyncio.sleep`).
+        tracer_provider: OpenTelemetry tracer provider (default: the global one).
+        meter_provider: OpenTelemetry meter provider (default: the global one).
+        user_agent: Text appended to the ``User-Agent`` header.
+        kwargs: azure-identity's pipeline keywords (``transport``, ``retry_total``,
+            ``logging_enable``...) are accepted and have no effect.
+
+    Raises:
+        ValueError: The identity arguments are inconsistent, the selected source cannot serve
+            the requested identity, or an environment variable is malformed.
+        TypeError: An unknown keyword argument.
+    """
+
+    def __init__(
+        self,
+        *,
+        client_id: str | None = None,
+        identity_config: Mapping[str, str] | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        connection_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
+        session: aiohttp.ClientSession | None = None,
+        connection_verify: bool | str = True,
+        additionally_allowed_tenants: Sequence[str] = (),
+        exclude_workload_identity: bool = False,
+        environ: Mapping[str, str] | None = None,
+        clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], Awaitable[Any]] | None = None,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+        user_agent: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        exclude_workload_identity = bool(
+            kwargs.pop("_exclude_workload_identity_credential", exclude_workload_identity)
+        )
+        unknown = sorted(set(kwargs) - _IGNORED_KWARGS)
+        if unknown:
+            raise TypeError(
+                "ManagedIdentityCredential got unexpected keyword arguments: " + ", ".join(unknown)
+            )
+        for name, value in (
+            ("timeout", timeout),
+            ("connection_timeout", connection_timeout),
+            ("read_timeout", read_timeout),
+        ):
+            if not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{name} must be a positive number of seconds, not {value!r}.")
+
+        env: Mapping[str, str] = os.environ if environ is None else environ
+        self._identity: Identity = build_identity(client_id, identity_config)
+        self._config: SourceConfig | None = detect_source(
+            env, exclude_workload_identity=exclude_workload_identity
+        )
+        self._source: TokenSource | None = None
+        if self._config is not None:
+            self._source = create_source(
+                self._config,
+                self._identity,
+                additionally_allowed_tenants=tuple(additionally_allowed_tenants),
+                multitenant_disabled=env.get(Env.AZURE_IDENTITY_DISABLE_MULTITENANTAUTH, "")
+                .strip()
+                .lower()
+                in ("1", "true"),
+            )
+
+        self._now: Callable[[], float] = clock or time.time
+        self._monotonic: Callable[[], float] = clock or time.monotonic
+        self._sleep: Callable[[float], Awaitable[Any]] = sleep or asyncio.sleep
+        self._random: Callable[[], float] = random.random
+        self._timeout = float(timeout)
+        self._transport = Transport(
+            session=session,
+            connect_timeout=float(connection_timeout),
+            read_timeout=float(read_timeout),
+            verify=connection_verify,
+        )
+        self._user_agent = _user_agent(user_agent)
+
+        # Cache. ``_hot`` maps a scope string to its entry for the fast path; ``_entries`` is
+        # keyed by target (resource, tenant). Both point at the same _Entry objects.
+        self._hot: dict[str, _Entry] = {}
+        self._entries: dict[Target, _Entry] = {}
+        self._inflight: dict[Target, asyncio.Task[_Entry]] = {}
+        self._closed = False
+
+        # Plain counters, read by observable instruments.
+        self._hits = 0
+        self._stale_hits = 0
+        self._misses = 0
+        self._miss_errors = 0
+        self._coalesced = 0
+
+        source_name = self._config.source.value if self._config else "unavailable"
+        self._telemetry = CredentialTelemetry(
+            self,
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+            attributes={SOURCE: source_name, IDENTITY_KIND: self._identity.kind.value},
+            monotonic=self._monotonic,
+        )
+        if self._config is None:
+            _logger.warning("ManagedIdentityCredential: %s", _NO_SOURCE_MESSAGE)
+        else:
+            assert self._source is not None
+            _logger.info(
+                "ManagedIdentityCredential will use %s (%s) with %s",
+                self._source.endpoint_name,
+                self._config.reason,
+                self._source.describe_identity(),
+            )
+
+    # -- public API -----------------------------------------------------------------------------
+
+    @property
+    def source(self) -> ManagedIdentitySource | None:
+        """The detected hosting source, or ``None`` if none could be determined."""
+        return self._config.source if self._config else None
+
+    async def get_token(
+        self,
+        *scopes: str,
+        claims: str | None = None,
+        tenant_id: str | None = None,
+        enable_cae: bool = False,
+        **kwargs: Any,
+    ) -> AccessToken:
+        """Get an access token for one scope.
+
+        Args:
+            scopes: Exactly one scope, such as ``https://vault.azure.net/.default`` (workload
+                identity accepts several).
+            claims: Claims from a claims challenge. A non-empty value bypasses the cache once.
+            tenant_id: Workload identity only: another tenant, if allowed. Ignored otherwise.
+            enable_cae: Workload identity only: request a CAE-capable token. Ignored otherwise.
+            kwargs: Accepted for protocol compatibility; ignored.
+
+        Returns:
+            The token and its expiry (epoch seconds).
+
+        Raises:
+            ValueError: Not exactly one scope, or a scope that is not a non-empty string.
+            CredentialUnavailableError: No managed identity is available here.
+            ManagedIdentityError: Any other failure (see the error tree in the README).
+        """
+        if len(scopes) == 1 and not claims and tenant_id is None:
+            entry = self._hot.get(scopes[0])
+            if entry is not None and self._now() < entry.refresh_on:
+                self._hits += 1
+                return entry.access_token
+        entry = await self._get(scopes, claims, tenant_id, enable_cae, "get_token")
+        return entry.access_token
+
+    async def get_token_info(
+        self, *scopes: str, options: TokenRequestOptions | None = None
+    ) -> AccessTokenInfo:
+        """Get an access token for one scope, with its type and refresh time.
+
+        Args:
+            scopes: Exactly one scope (workload identity accepts several).
+            options: ``claims`` (bypasses the cache once), ``tenant_id`` and ``enable_cae``
+                (workload identity only); unknown keys are ignored.
+
+        Returns:
+            The token, its expiry, type and the time it should be refreshed.
+
+        Raises:
+            ValueError: Not exactly one scope, or a scope that is not a non-empty string.
+            CredentialUnavailableError: No managed identity is available here.
+            ManagedIdentityError: Any other failure.
+        """
+        if not options and len(scopes) == 1:
+            entry = self._hot.get(scopes[0])
+            if entry is not None and self._now() < entry.refresh_on:
+                self._hits += 1
+                return entry.info
+        options = options or {}
+        entry = await self._get(
+            scopes,
+            options.get("claims"),
+            options.get("tenant_id"),
+            bool(options.get("enable_cae", False)),
+            "get_token_info",
+        )
+        return entry.info
+
+    async def close(self) -> None:
+        """Cancel in-flight acquisitions, forget cached tokens and close the HTTP session the
+        credential created. Idempotent; a closed credential cannot be used again."""
+        if self._closed:
+            return
+        self._closed = True
+        self._hot.clear()
+        self._entries.clear()
+        tasks = [t for t in self._inflight.values() if not t.done()]
+        self._inflight.clear()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # pragma: no cover - close() is always awaited in a loop
+            loop = None
+        for task in tasks:
+            task.cancel()
+        current = [t for t in tasks if t.get_loop() is loop]
+        if current:
+            await asyncio.gather(*current, return_exceptions=True)
+        await self._transport.close()
+
+    async def __aenter__(self) -> ManagedIdentityCredential:
+        if self._closed:
+            raise self._closed_error()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_value: BaseException | None = None,
+        traceback: TracebackType | None = None,
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        source = self._config.source.value if self._config else None
+        return (
+            f"ManagedIdentityCredential(source={source!r}, identity={self._identity.describe()!r}"
+            f"{', closed' if self._closed else ''})"
+        )
+
+    # -- telemetry subject ----------------------------------------------------------------------
+
+    def telemetry_counts(self) -> Iterable[tuple[str, int, dict[str, str]]]:
+        common = self._telemetry.attributes
+        for result, outcome, value in (
+            ("hit", "success", self._hits),
+            ("stale", "success", self._stale_hits),
+            ("miss", "success", self._misses - self._miss_errors),
+            ("miss", "error", self._miss_errors),
+        ):
+            yield (
+                TOKEN_REQUESTS,
+                value,
+                {
+                    **common,
+                    CACHE_RESULT_ATTRIBUTE: result,
+                    OUTCOME: outcome,
+                },
+            )
+        yield COALESCED_WAITERS, self._coalesced, dict(common)
+
+    def telemetry_expiries(self) -> Iterable[tuple[float, dict[str, str]]]:
+        now = self._now()
+        common = self._telemetry.attributes
+        for target, entry in list(self._entries.items()):
+            yield entry.expires_on - now, {**common, RESOURCE_ATTRIBUTE: target.resource}
+
+    # -- acquisition ----------------------------------------------------------------------------
+
+    async def _get(
+        self,
+        scopes: Sequence[str],
+        claims: str | None,
+        tenant_id: str | None,
+        enable_cae: bool,
+        method: str,
+    ) -> _Entry:
+        """Everything but the fast cache hit: validation, stale-while-revalidate, acquisition."""
+        try:
+            return await self._get_inner(scopes, claims, tenant_id, enable_cae)
+        except ManagedIdentityError as exc:
+            # The acquisition itself logged the failure once at WARNING; this is per call.
+            _logger.debug("ManagedIdentityCredential.%s failed: %s", method, exc)
+            raise
+
+    async def _get_inner(
+        self,
+        scopes: Sequence[str],
+        claims: str | None,
+        tenant_id: str | None,
+        enable_cae: bool,
+    ) -> _Entry:
+        if self._closed:
+            raise self._closed_error()
+        for scope in scopes:
+            if not isinstance(scope, str) or not scope.strip():
+                raise ValueError("Each scope must be a non-empty string.")
+            if any(c.isspace() or ord(c) < 0x20 for c in scope):
+                raise ValueError(
+                    f"Invalid scope {scope!r}: a scope contains no whitespace or control "
+                    "characters (pass several scopes as separate arguments)."
+                )
+        source = self._source
+        if source is None:
+            raise CredentialUnavailableError(_NO_SOURCE_MESSAGE)
+        target = source.target(scopes, tenant_id)
+        if enable_cae and source.needs_assertion:
+            claims = merge_cae_claims(claims)
+        hot_key = scopes[0] if len(scopes) == 1 and tenant_id is None and not enable_cae else None
+
+        entry = self._entries.get(target)
+        now = self._now()
+        if entry is not None and not claims:
+            if hot_key is not None:
+                self._hot[hot_key] = entry
+            if now < entry.refresh_on:
+                self._hits += 1
+                return entry
+            if now < entry.mandatory_at:
+                # Advisory window: serve the valid token, refresh once in the background.
+                self._stale_hits += 1
+                if now >= entry.next_background_refresh and target not in self._inflight:
+                    entry.next_background_refresh = now + REFRESH_RETRY_BACKOFF
+                    self._start(target, None, "proactive", "stale")
+                return entry
+
+        reason = "claims" if claims else ("initial" if entry is None else "expired")
+        self._misses += 1
+        try:
+            entry = await self._join(target, claims, reason)
+        except BaseException:
+            self._miss_errors += 1
+            raise
+        if hot_key is not None:
+            self._hot[hot_key] = entry
+        return entry
+
+    async def _join(self, target: Target, claims: str | None, reason: str) -> _Entry:
+        """Wait for the in-flight acquisition of ``target``, starting one if there is none.
+        A waiter that is cancelled does not cancel the acquisition the others wait for."""
+        task = self._inflight.get(target)
+        if task is None or task.get_loop() is not asyncio.get_running_loop():
+            task = self._start(target, claims, reason, "miss")
+        else:
+            self._coalesced += 1
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled() and self._closed and not _cancelling():
+                raise self._closed_error() from None
+            raise
+
+    def _start(
+        self, target: Target, claims: str | None, reason: str, cache_result: str
+    ) -> asyncio.Task[_Entry]:
+        task = asyncio.get_running_loop().create_task(
+            self._acquire(target, claims, reason, cache_result)
+        )
+        self._inflight[target] = task
+        task.add_done_callback(partial(self._forget, target))
+        return task
+
+    def _forget(self, target: Target, task: asyncio.Task[_Entry]) -> None:
+        if self._inflight.get(target) is task:
+            del self._inflight[target]
+        if not task.cancelled():
+            task.exception()  # retrieved: a failure nobody awaited is not reported as lost
+
+    async def _acquire(
+        self, target: Target, claims: str | None, reason: str, cache_result: str
+    ) -> _Entry:
+        source = self._source
+        assert source is not None
+        try:
+            with self._telemetry.acquisition(target.resource, reason, cache_result) as record:
+                assertion = None
+                if source.needs_assertion:
+                    assert self._config is not None and self._config.token_file is not None
+                    assertion = read_federated_token(self._config.token_file)
+                request = source.build_request(target, claims=claims, assertion=assertion)
+                request = request.with_header("User-Agent", self._user_agent).with_header(
+                    "x-ms-client-request-id", str(uuid.uuid4())
+                )
+                parsed = await self._send_with_retries(source, request, record)
+        except ManagedIdentityError as exc:
+            entry = self._entries.get(target)
+            if cache_result == "stale" and entry is not None:
+                _logger.warning(
+                    "Background refresh of the token for %s failed; the cached token (valid "
+                    "%.0f s more) is still served and the refresh is retried in %.0f s: %s",
+                    target.resource,
+                    entry.expires_on - self._now(),
+                    REFRESH_RETRY_BACKOFF,
+                    exc,
+                )
+            else:
+                _logger.warning(
+                    "ManagedIdentityCredential could not acquire a token for %s: %s",
+                    target.resource,
+                    exc,
+                )
+            raise
+        entry = self._entries.get(target)
+        if entry is None:
+            entry = self._entries[target] = _Entry(parsed)
+        else:
+            entry.update(parsed)
+        _logger.debug(
+            "ManagedIdentityCredential acquired a token for %s (expires in %.0f s, refresh in "
+            "%.0f s, %d attempt(s), reason: %s)",
+            target.resource,
+            parsed.expires_on - self._now(),
+            parsed.refresh_on - self._now(),
+            record.attempts,
+            reason,
+        )
+        return entry
+
+    async def _send_with_retries(
+        self, source: TokenSource, request: TokenRequest, record: Acquisition
+    ) -> ParsedToken:
+        start = self._monotonic()
+        deadline = start + self._timeout
+        state = RetryState()
+        while True:
+            state.attempts += 1
+            record.attempts = state.attempts
+            request_time = self._now()
+            try:
+                response = await self._send(request, deadline, state.attempts - 1)
+                if response.status == 401 and isinstance(source, AzureArcSource):
+                    key = read_arc_key(source.challenge_path(response))
+                    request = source.authorize(request, key)
+                    response = await self._send(request, deadline, state.attempts - 1)
+            except TransportError as exc:
+                if not exc.retryable:
+                    raise source.unreachable_error(
+                        request,
+                        exc.description,
+                        attempts=state.attempts,
+                        elapsed=self._monotonic() - start,
+                    ) from exc
+                outcome = AttemptOutcome(error=True)
+                failure: TransportError | RawResponse = exc
+            else:
+                if 200 <= response.status < 300:
+                    try:
+                        return source.parse_response(response, request, request_time)
+                    except ManagedIdentityError as exc:
+                        exc.attempts = state.attempts
+                        exc.elapsed = self._monotonic() - start
+                        raise
+                outcome = AttemptOutcome(
+                    status=response.status,
+                    retry_after=parse_retry_after(response.headers, self._now()),
+                )
+                failure = response
+            elapsed = self._monotonic() - start
+            delay = next_delay(
+                source.retry_policy,
+                state,
+                outcome,
+                elapsed=elapsed,
+                remaining=deadline - self._monotonic(),
+                random=self._random,
+            )
+            if delay is None:
+                if isinstance(failure, TransportError):
+                    raise source.unreachable_error(
+                        request, failure.description, attempts=state.attempts, elapsed=elapsed
+                    ) from failure
+                raise source.error_from_response(
+                    failure, request, attempts=state.attempts, elapsed=elapsed
+                )
+            await self._sleep(delay)
+
+    async def _send(self, request: TokenRequest, deadline: float, resend_count: int) -> RawResponse:
+        remaining = deadline - self._monotonic()
+        if remaining <= 0:
+            raise TransportError("the deadline passed", retryable=True, timeout=True)
+        with self._telemetry.attempt(request.method, request.url, resend_count) as attempt:
+            try:
+                response = await self._transport.send(request, timeout=remaining)
+            except TransportError as exc:
+                attempt.record_error(type(exc.__cause__).__name__ if exc.__cause__ else "timeout")
+                raise
+            attempt.record_status(response.status)
+            return response
+
+    def _closed_error(self) -> ManagedIdentityError:
+        return ManagedIdentityError(
+            "This ManagedIdentityCredential is closed; create a new one.",
+            source=self.source,
+        )
+
+
+def _cancelling() -> bool:
+    """Whether the current task is being cancelled (Python 3.11+; assumed not on 3.10)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return bool(cancelling()) if cancelling is not None else False
+
+
+def _user_agent(suffix: str | None) -> str:
+    agent = (
+        f"mi-credential/{__version__} Python/{platform.python_version()} ({sys.platform}) aiohttp"
+    )
+    return f"{agent} {suffix}" if suffix else agent

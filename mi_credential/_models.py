@@ -1,0 +1,172 @@
+"""Plain values passed between the layers: requests, responses, tokens, identities.
+
+All frozen, all free of I/O. A :class:`TokenRequest` knows which of its header values are secret,
+so every layer that logs, traces or raises can leave them out.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+from azure.core.credentials import AccessToken, AccessTokenInfo
+
+
+class ManagedIdentitySource(str, enum.Enum):
+    """The hosting environment a credential gets its tokens from."""
+
+    IMDS = "imds"
+    """Azure VMs and scale sets, AKS nodes, AAD Pod Identity (Instance Metadata Service)."""
+    APP_SERVICE = "app_service"
+    """App Service, Azure Functions, Container Apps, Azure Automation."""
+    AZURE_ARC = "azure_arc"
+    """Azure Arc-enabled servers (the HIMDS agent)."""
+    SERVICE_FABRIC = "service_fabric"
+    """Service Fabric applications."""
+    AZURE_ML = "azure_ml"
+    """Azure Machine Learning compute (also App Service's 2017 protocol)."""
+    CLOUD_SHELL = "cloud_shell"
+    """Azure Cloud Shell."""
+    WORKLOAD_IDENTITY = "workload_identity"
+    """AKS workload identity: a federated service account token exchanged at Microsoft Entra ID."""
+
+    @property
+    def label(self) -> str:
+        """Human-readable name, as used in messages."""
+        return _LABELS[self]
+
+
+_LABELS = {
+    ManagedIdentitySource.IMDS: "IMDS",
+    ManagedIdentitySource.APP_SERVICE: "App Service",
+    ManagedIdentitySource.AZURE_ARC: "Azure Arc",
+    ManagedIdentitySource.SERVICE_FABRIC: "Service Fabric",
+    ManagedIdentitySource.AZURE_ML: "Azure ML",
+    ManagedIdentitySource.CLOUD_SHELL: "Cloud Shell",
+    ManagedIdentitySource.WORKLOAD_IDENTITY: "workload identity",
+}
+
+
+class IdentityKind(str, enum.Enum):
+    """How the requested identity is named."""
+
+    SYSTEM_ASSIGNED = "system_assigned"
+    CLIENT_ID = "client_id"
+    OBJECT_ID = "object_id"
+    RESOURCE_ID = "resource_id"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The identity a credential asks for: system-assigned, or one user-assigned identity.
+
+    ``extra`` holds any other ``identity_config`` entries (such as ``mi_res_id``), sent verbatim.
+    """
+
+    kind: IdentityKind = IdentityKind.SYSTEM_ASSIGNED
+    value: str | None = None
+    extra: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def is_user_assigned(self) -> bool:
+        return self.kind is not IdentityKind.SYSTEM_ASSIGNED or bool(self.extra)
+
+    def describe(self) -> str:
+        """A short description for messages; identifiers are not secrets."""
+        if self.kind is IdentityKind.SYSTEM_ASSIGNED:
+            if self.extra:
+                return "user-assigned identity " + ", ".join(f"{k}={v}" for k, v in self.extra)
+            return "system-assigned identity"
+        return f"user-assigned identity {self.kind.value}={self.value}"
+
+
+@dataclass(frozen=True)
+class TokenRequest:
+    """One HTTP request to a token endpoint, fully built.
+
+    ``url`` includes the percent-encoded query. ``secret_headers`` names (lower case) the headers
+    whose values must never be logged, traced or put in a message; ``secrets`` lists any other
+    secret strings the request carries (form fields such as a client assertion).
+    """
+
+    method: str
+    url: str
+    headers: tuple[tuple[str, str], ...] = ()
+    form: tuple[tuple[str, str], ...] | None = None
+    secret_headers: frozenset[str] = frozenset()
+    secret_form_fields: frozenset[str] = frozenset()
+    tls_thumbprint: str | None = None
+    """SHA-1 thumbprint (40 lower-case hex digits) the server certificate must match, if pinned."""
+
+    def with_header(self, name: str, value: str, *, secret: bool = False) -> TokenRequest:
+        """Return a copy with ``name`` set to ``value`` (replacing any previous value)."""
+        lower = name.lower()
+        headers = (*((k, v) for k, v in self.headers if k.lower() != lower), (name, value))
+        secret_headers = self.secret_headers | {lower} if secret else self.secret_headers
+        return replace(self, headers=headers, secret_headers=secret_headers)
+
+    def header(self, name: str) -> str | None:
+        lower = name.lower()
+        for key, value in self.headers:
+            if key.lower() == lower:
+                return value
+        return None
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret value this request carries."""
+        values = []
+        for name, value in self.headers:
+            if name.lower() in self.secret_headers and value:
+                values.append(value)
+                scheme, _, credentials = value.partition(" ")
+                if credentials and scheme.isalpha():  # "Basic <key>": the key alone too
+                    values.append(credentials)
+        if self.form:
+            values.extend(v for k, v in self.form if k in self.secret_form_fields and v)
+        return tuple(values)
+
+
+@dataclass(frozen=True)
+class RawResponse:
+    """What came back: status, headers (names lower-cased), and the body bytes."""
+
+    status: int
+    reason: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    truncated: bool = False
+    """The body exceeded the size limit and was not read."""
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+
+@dataclass(frozen=True)
+class ParsedToken:
+    """A token parsed from a successful response, with times in epoch seconds."""
+
+    token: str
+    expires_on: int
+    refresh_on: int
+    token_type: str = "Bearer"
+
+
+class RedactedAccessToken(AccessToken):
+    """:class:`azure.core.credentials.AccessToken` whose ``repr`` does not show the token."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"AccessToken(token='****', expires_on={self.expires_on})"
+
+
+class RedactedAccessTokenInfo(AccessTokenInfo):
+    """:class:`azure.core.credentials.AccessTokenInfo` whose ``repr`` does not show the token."""
+
+    def __repr__(self) -> str:
+        return (
+            f"AccessTokenInfo(token='****', expires_on={self.expires_on}, "
+            f"token_type='{self.token_type}', refresh_on={self.refresh_on})"
+        )

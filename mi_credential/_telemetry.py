@@ -1,0 +1,335 @@
+"""OpenTelemetry traces and metrics, through ``opentelemetry-api`` only.
+
+* One INTERNAL span ``ManagedIdentityCredential.get_token`` per acquisition (a cache miss, an
+  expired token, a forced or a background refresh), never per cache hit.
+* One CLIENT span per HTTP attempt, with the stable HTTP semantic conventions. HTTP
+  auto-instrumentation (e.g. ``opentelemetry-instrumentation-aiohttp-client``) is suppressed
+  inside it, so no span is doubled and no secret header is captured.
+* Metrics (see the README's telemetry reference). Cache hits and the other per-call counts are
+  plain integers on the credential, read by observable instruments at collection time: a cache
+  hit makes no OpenTelemetry call.
+
+Nothing recorded here carries a token, a secret header, key-file content or JWT claims. Telemetry
+never breaks token acquisition: every call into OpenTelemetry is guarded.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from opentelemetry import context as otel_context
+from opentelemetry import metrics, trace
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from ._sources._base import redact_url
+from ._version import __version__
+
+_logger = logging.getLogger(__name__)
+
+INSTRUMENTATION_SCOPE = "mi_credential"
+SCHEMA_URL = "https://opentelemetry.io/schemas/1.27.0"
+
+try:  # The key azure-core and the HTTP instrumentations agree on.
+    from opentelemetry.context import (
+        _SUPPRESS_HTTP_INSTRUMENTATION_KEY as SUPPRESS_HTTP_INSTRUMENTATION_KEY,
+    )
+except ImportError:  # pragma: no cover - very old opentelemetry-api
+    SUPPRESS_HTTP_INSTRUMENTATION_KEY = "suppress_http_instrumentation"
+
+# Span and metric names.
+ACQUISITION_SPAN = "ManagedIdentityCredential.get_token"
+ACQUISITION_DURATION = "mi_credential.token.acquisition.duration"
+TOKEN_REQUESTS = "mi_credential.token.requests"
+TOKEN_REFRESHES = "mi_credential.token.refreshes"
+COALESCED_WAITERS = "mi_credential.token.coalesced_waiters"
+TIME_TO_EXPIRY = "mi_credential.token.time_to_expiry"
+HTTP_CLIENT_DURATION = "http.client.request.duration"
+
+# Attribute names.
+SOURCE = "mi_credential.source"
+IDENTITY_KIND = "mi_credential.identity.kind"
+RESOURCE = "mi_credential.resource"
+CACHE_RESULT = "mi_credential.cache.result"
+REFRESH_REASON = "mi_credential.refresh.reason"
+ATTEMPTS = "mi_credential.attempts"
+OUTCOME = "mi_credential.outcome"
+ERROR_TYPE = "error.type"
+HTTP_REQUEST_METHOD = "http.request.method"
+HTTP_RESPONSE_STATUS_CODE = "http.response.status_code"
+HTTP_REQUEST_RESEND_COUNT = "http.request.resend_count"
+SERVER_ADDRESS = "server.address"
+SERVER_PORT = "server.port"
+URL_FULL = "url.full"
+
+ACQUISITION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
+
+
+class TelemetrySubject(Protocol):
+    """What the observable instruments read from a live credential."""
+
+    def telemetry_counts(self) -> Iterable[tuple[str, int, dict[str, str]]]:
+        """``(instrument name, cumulative count, attributes)`` for the observable counters."""
+        ...
+
+    def telemetry_expiries(self) -> Iterable[tuple[float, dict[str, str]]]:
+        """``(seconds to expiry, attributes)`` per cached token."""
+        ...
+
+
+class _MeterHub:
+    """The instruments of one meter provider, shared by every credential that uses it.
+
+    Observable instruments are created once per meter (an SDK keeps only the first registration
+    of a name), and their callbacks walk the live credentials, held weakly.
+    """
+
+    def __init__(self, meter_provider: metrics.MeterProvider | None) -> None:
+        meter = metrics.get_meter(
+            INSTRUMENTATION_SCOPE, __version__, meter_provider, schema_url=SCHEMA_URL
+        )
+        self.subjects: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.acquisition_duration = meter.create_histogram(
+            ACQUISITION_DURATION,
+            unit="s",
+            description="Duration of token acquisitions (cache misses and refreshes).",
+            explicit_bucket_boundaries_advisory=list(ACQUISITION_BUCKETS),
+        )
+        self.refreshes = meter.create_counter(
+            TOKEN_REFRESHES,
+            unit="{refresh}",
+            description="Token acquisitions from the endpoint, by reason and outcome.",
+        )
+        self.http_duration = meter.create_histogram(
+            HTTP_CLIENT_DURATION,
+            unit="s",
+            description="Duration of HTTP client requests.",
+            explicit_bucket_boundaries_advisory=list(HTTP_BUCKETS),
+        )
+        meter.create_observable_counter(
+            TOKEN_REQUESTS,
+            callbacks=[self._observe(TOKEN_REQUESTS)],
+            unit="{request}",
+            description="get_token/get_token_info calls, by cache result and outcome.",
+        )
+        meter.create_observable_counter(
+            COALESCED_WAITERS,
+            callbacks=[self._observe(COALESCED_WAITERS)],
+            unit="{request}",
+            description="Calls that joined an acquisition already in flight.",
+        )
+        meter.create_observable_gauge(
+            TIME_TO_EXPIRY,
+            callbacks=[self._observe_expiry],
+            unit="s",
+            description="Seconds until each cached token expires.",
+        )
+
+    def _observe(self, name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def callback(options: CallbackOptions) -> Iterable[Observation]:
+            observations = []
+            for subject in list(self.subjects):
+                for instrument, value, attributes in subject.telemetry_counts():
+                    if instrument == name:
+                        observations.append(Observation(value, attributes))
+            return observations
+
+        return callback
+
+    def _observe_expiry(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(value, attributes)
+            for subject in list(self.subjects)
+            for value, attributes in subject.telemetry_expiries()
+        ]
+
+
+_hubs: weakref.WeakKeyDictionary[Any, _MeterHub] = weakref.WeakKeyDictionary()
+_global_hub: list[_MeterHub] = []
+
+
+def _hub_for(meter_provider: metrics.MeterProvider | None) -> _MeterHub:
+    if meter_provider is None:
+        # The global provider may be set later; the API's proxy meter forwards to it.
+        if not _global_hub:
+            _global_hub.append(_MeterHub(None))
+        return _global_hub[0]
+    hub = _hubs.get(meter_provider)
+    if hub is None:
+        hub = _hubs[meter_provider] = _MeterHub(meter_provider)
+    return hub
+
+
+class Attempt:
+    """Records the outcome of one HTTP attempt on its span."""
+
+    __slots__ = ("attributes", "span")
+
+    def __init__(self, span: trace.Span, attributes: dict[str, Any]) -> None:
+        self.span = span
+        self.attributes = attributes
+
+    def record_status(self, status: int) -> None:
+        self.attributes[HTTP_RESPONSE_STATUS_CODE] = status
+        if status >= 400:
+            self.attributes[ERROR_TYPE] = str(status)
+        try:
+            self.span.set_attribute(HTTP_RESPONSE_STATUS_CODE, status)
+            if status >= 400:
+                self.span.set_attribute(ERROR_TYPE, str(status))
+                self.span.set_status(Status(StatusCode.ERROR))
+        except Exception:  # pragma: no cover - a broken SDK
+            _logger.debug("could not record an HTTP status on a span", exc_info=True)
+
+    def record_error(self, error_type: str) -> None:
+        self.attributes[ERROR_TYPE] = error_type
+        try:
+            self.span.set_attribute(ERROR_TYPE, error_type)
+            self.span.set_status(Status(StatusCode.ERROR))
+        except Exception:  # pragma: no cover - a broken SDK
+            _logger.debug("could not record an error on a span", exc_info=True)
+
+
+class Acquisition:
+    """Records one acquisition on its span."""
+
+    __slots__ = ("attempts", "span")
+
+    def __init__(self, span: trace.Span) -> None:
+        self.span = span
+        self.attempts = 0
+
+
+class CredentialTelemetry:
+    """The tracer and instruments one credential uses.
+
+    Args:
+        subject: The credential, read by the observable instruments (held weakly).
+        tracer_provider: Tracer provider; the global one if ``None``.
+        meter_provider: Meter provider; the global one if ``None``.
+        attributes: Attributes common to everything this credential records.
+        monotonic: The clock durations are measured with.
+    """
+
+    def __init__(
+        self,
+        subject: TelemetrySubject,
+        *,
+        tracer_provider: trace.TracerProvider | None,
+        meter_provider: metrics.MeterProvider | None,
+        attributes: dict[str, str],
+        monotonic: Callable[[], float],
+    ) -> None:
+        self.attributes = attributes
+        self._monotonic = monotonic
+        self._tracer = trace.get_tracer(
+            INSTRUMENTATION_SCOPE, __version__, tracer_provider, schema_url=SCHEMA_URL
+        )
+        self._hub = _hub_for(meter_provider)
+        self._hub.subjects.add(subject)
+
+    @contextmanager
+    def acquisition(self, resource: str, reason: str, cache_result: str) -> Iterator[Acquisition]:
+        """Span and duration of one acquisition; the body's exception marks both as failed."""
+        attributes = {
+            **self.attributes,
+            RESOURCE: resource,
+            CACHE_RESULT: cache_result,
+            REFRESH_REASON: reason,
+        }
+        start = self._monotonic()
+        span = self._start_span(ACQUISITION_SPAN, SpanKind.INTERNAL, attributes)
+        record = Acquisition(span)
+        error_type: str | None = None
+        try:
+            with trace.use_span(
+                span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+            ):
+                yield record
+        except BaseException as exc:
+            error_type = type(exc).__name__
+            raise
+        finally:
+            self._finish_acquisition(span, record, attributes, error_type, start)
+
+    def _finish_acquisition(
+        self,
+        span: trace.Span,
+        record: Acquisition,
+        attributes: dict[str, Any],
+        error_type: str | None,
+        start: float,
+    ) -> None:
+        try:
+            span.set_attribute(ATTEMPTS, record.attempts)
+            metric_attributes = {
+                k: v for k, v in attributes.items() if k not in (RESOURCE, CACHE_RESULT)
+            }
+            if error_type is not None:
+                span.set_attribute(ERROR_TYPE, error_type)
+                span.set_status(Status(StatusCode.ERROR, error_type))
+                metric_attributes[ERROR_TYPE] = error_type
+            metric_attributes[OUTCOME] = "success" if error_type is None else "error"
+            span.end()
+            self._hub.acquisition_duration.record(
+                max(0.0, self._monotonic() - start), metric_attributes
+            )
+            self._hub.refreshes.add(1, metric_attributes)
+        except Exception:
+            _logger.debug("could not record an acquisition", exc_info=True)
+
+    @contextmanager
+    def attempt(self, method: str, url: str, resend_count: int) -> Iterator[Attempt]:
+        """CLIENT span and duration of one HTTP attempt, with HTTP auto-instrumentation
+        suppressed inside."""
+        attributes = _http_attributes(method, url)
+        span_attributes: dict[str, Any] = {**attributes, URL_FULL: redact_url(url)}
+        if resend_count:
+            span_attributes[HTTP_REQUEST_RESEND_COUNT] = resend_count
+        span = self._start_span(method, SpanKind.CLIENT, span_attributes)
+        record = Attempt(span, attributes)
+        start = self._monotonic()
+        token = None
+        try:
+            token = otel_context.attach(
+                otel_context.set_value(
+                    SUPPRESS_HTTP_INSTRUMENTATION_KEY, True, trace.set_span_in_context(span)
+                )
+            )
+        except Exception:  # pragma: no cover - a broken SDK
+            _logger.debug("could not enter the attempt span", exc_info=True)
+        try:
+            yield record
+        finally:
+            try:
+                if token is not None:
+                    otel_context.detach(token)
+                span.end()
+                self._hub.http_duration.record(
+                    max(0.0, self._monotonic() - start), record.attributes
+                )
+            except Exception:
+                _logger.debug("could not record an HTTP attempt", exc_info=True)
+
+    def _start_span(self, name: str, kind: SpanKind, attributes: dict[str, Any]) -> trace.Span:
+        try:
+            return self._tracer.start_span(name, kind=kind, attributes=attributes)
+        except Exception:
+            _logger.debug("could not start a span", exc_info=True)
+            return trace.INVALID_SPAN
+
+
+def _http_attributes(method: str, url: str) -> dict[str, Any]:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return {
+        HTTP_REQUEST_METHOD: method,
+        SERVER_ADDRESS: parts.hostname or "",
+        SERVER_PORT: port,
+    }

@@ -1,0 +1,109 @@
+"""Shared fixtures: a clean environment, a fake clock, the emulator, and a secret scan that runs
+after every test over everything logged."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+
+import mi_credential._constants as constants
+from mi_credential import ManagedIdentityCredential, ManagedIdentitySource
+from mi_credential._constants import EnvironmentVariables
+from mi_credential.emulator import Emulator
+
+START = 1_800_000_000.0
+
+_emulators: list[Emulator] = []
+
+
+class FakeClock:
+    """Wall and monotonic time in one, advanced only by :meth:`sleep` and :meth:`advance`."""
+
+    def __init__(self, start: float = START) -> None:
+        self.now = start
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+@pytest.fixture(autouse=True)
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No managed identity variable of the machine running the tests leaks in."""
+    for name in EnvironmentVariables.ALL:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def secret_scan(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Capture every log record at DEBUG; after the test, no secret any emulator handed out may
+    appear in any of them, and asyncio must not have reported a leaked session or task."""
+    caplog.set_level(logging.DEBUG)
+    _emulators.clear()
+    yield
+    secrets = [s for emulator in _emulators for s in emulator.secrets() if s]
+    for record in caplog.records:
+        text = record.getMessage()
+        if record.exc_info:
+            text += logging.Formatter().formatException(record.exc_info)
+        for secret in secrets:
+            assert secret not in text, f"a secret leaked into a log record: {record.name}"
+        if record.name == "asyncio" and record.levelno >= logging.ERROR:
+            pytest.fail(f"asyncio reported: {text}")
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def emulator(clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Emulator]:
+    async with Emulator(clock=clock) as emu:
+        _emulators.append(emu)
+        monkeypatch.setattr(constants, "ARC_KEY_DIRECTORY", emu.arc_key_dir)
+        yield emu
+
+
+def register_emulator(emulator: Emulator) -> None:
+    """Include an emulator created inside a test in the secret scan."""
+    _emulators.append(emulator)
+
+
+CredentialFactory = Callable[..., ManagedIdentityCredential]
+
+
+@pytest.fixture
+async def make_credential(
+    emulator: Emulator, clock: FakeClock
+) -> AsyncIterator[CredentialFactory]:
+    """Credentials for a source of the emulator, on the fake clock; closed after the test."""
+    created: list[ManagedIdentityCredential] = []
+
+    def make(source: ManagedIdentitySource | str, **kwargs: Any) -> ManagedIdentityCredential:
+        kwargs.setdefault("environ", emulator.environ(source))
+        kwargs.setdefault("clock", clock)
+        kwargs.setdefault("sleep", clock.sleep)
+        kwargs.setdefault("connection_verify", emulator.ca_file)
+        credential = ManagedIdentityCredential(**kwargs)
+        created.append(credential)
+        return credential
+
+    yield make
+    for credential in created:
+        await credential.close()
+
+
+ALL_SOURCES = list(ManagedIdentitySource)

@@ -1,0 +1,135 @@
+"""The public surface: exports, protocols, drop-in shape, dependency direction."""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+
+import aiohttp
+import pytest
+from azure.core.credentials import AccessToken, AccessTokenInfo
+from azure.core.credentials_async import AsyncSupportsTokenInfo, AsyncTokenCredential
+from azure.core.exceptions import ClientAuthenticationError
+
+import mi_credential
+from mi_credential import ManagedIdentityCredential
+from mi_credential import ManagedIdentitySource as S
+from mi_credential.emulator import Emulator
+
+from .conftest import CredentialFactory
+
+SCOPE = "https://storage.azure.com/.default"
+
+
+def test_all_is_complete_and_exact() -> None:
+    public = {name for name in vars(mi_credential) if not name.startswith("_")}
+    public -= {"annotations"}
+    modules = {name for name in public if inspect.ismodule(getattr(mi_credential, name))}
+    assert set(mi_credential.__all__) == (public - modules) | {"__version__"}
+    for name in mi_credential.__all__:
+        assert hasattr(mi_credential, name)
+
+
+def test_error_tree() -> None:
+    for error in (
+        mi_credential.ManagedIdentityError,
+        mi_credential.CredentialUnavailableError,
+        mi_credential.TokenRequestError,
+        mi_credential.InvalidTokenResponseError,
+    ):
+        assert issubclass(error, ClientAuthenticationError)
+    assert issubclass(mi_credential.InvalidTokenResponseError, mi_credential.TokenRequestError)
+    assert issubclass(mi_credential.CredentialUnavailableError, mi_credential.ManagedIdentityError)
+
+
+async def test_satisfies_the_azure_core_protocols(
+    emulator: Emulator, make_credential: CredentialFactory
+) -> None:
+    credential = make_credential(S.IMDS)
+    assert isinstance(credential, AsyncTokenCredential)
+    assert isinstance(credential, AsyncSupportsTokenInfo)
+    token = await credential.get_token(SCOPE)
+    assert isinstance(token, AccessToken)
+    token_value, expires_on = token  # a real tuple, as azure-core's
+    assert (token_value, expires_on) == (token.token, token.expires_on)
+    info = await credential.get_token_info(SCOPE)
+    assert isinstance(info, AccessTokenInfo)
+    assert info.token_type == "Bearer"
+
+
+def test_constructor_is_drop_in_shaped() -> None:
+    parameters = inspect.signature(ManagedIdentityCredential).parameters
+    assert parameters["client_id"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert parameters["identity_config"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+
+
+async def test_azure_identity_pipeline_keywords_are_accepted() -> None:
+    credential = ManagedIdentityCredential(
+        environ={}, retry_total=2, logging_enable=True, transport=None,
+        _exclude_workload_identity_credential=True,
+    )
+    await credential.close()
+
+
+def test_unknown_keywords_and_bad_timeouts_are_refused() -> None:
+    with pytest.raises(TypeError, match="unexpected keyword arguments: colour"):
+        ManagedIdentityCredential(environ={}, colour="blue")
+    for name in ("timeout", "connection_timeout", "read_timeout"):
+        with pytest.raises(ValueError, match=name):
+            ManagedIdentityCredential(environ={}, **{name: 0})
+
+
+def test_the_core_imports_no_integration_or_web_framework() -> None:
+    code = (
+        "import sys, mi_credential, mi_credential.emulator;"
+        "bad = [m for m in sys.modules if m.split('.')[0] in "
+        "('starlette', 'fastapi', 'mi_credential_aiohttp', 'mi_credential_asgi',"
+        " 'mi_credential_azure_core', 'uvicorn', 'httpx', 'msal')"
+        " or m.startswith(('azure.identity', 'opentelemetry.sdk'))];"
+        "print(','.join(bad))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == ""
+
+
+async def test_injected_session_is_used_and_never_closed(
+    emulator: Emulator, make_credential: CredentialFactory
+) -> None:
+    async with aiohttp.ClientSession() as session:
+        credential = make_credential(S.APP_SERVICE, session=session)
+        await credential.get_token(SCOPE)
+        await credential.close()
+        assert not session.closed
+        async with session.get(emulator.http_url + "/emulator/jwks") as response:
+            assert response.status == 200
+
+
+async def test_async_with_closes_the_owned_session(emulator: Emulator) -> None:
+    async with ManagedIdentityCredential(environ=emulator.environ(S.IMDS)) as credential:
+        await credential.get_token(SCOPE)
+        session = credential._transport._session
+        assert session is not None and not session.closed
+    assert session.closed
+
+
+async def test_usable_without_async_with(emulator: Emulator) -> None:
+    credential = ManagedIdentityCredential(environ=emulator.environ(S.AZURE_ML))
+    assert emulator.verify((await credential.get_token(SCOPE)).token)
+    await credential.close()
+
+
+def test_repr_shows_no_secret() -> None:
+    credential = ManagedIdentityCredential(
+        environ={"IDENTITY_ENDPOINT": "http://127.0.0.1:9/msi", "IDENTITY_HEADER": "canary-hdr"},
+        client_id="cid",
+    )
+    text = repr(credential)
+    assert "canary-hdr" not in text
+    assert text == (
+        "ManagedIdentityCredential(source='app_service', "
+        "identity='user-assigned identity client_id=cid')"
+    )

@@ -1,0 +1,410 @@
+"""The sans-IO protocol layer, offline: requests built per source, responses parsed into tokens
+or typed errors."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import parse_qsl, urlsplit
+
+import pytest
+
+from mi_credential import (
+    CredentialUnavailableError,
+    InvalidTokenResponseError,
+    ManagedIdentityError,
+    TokenRequestError,
+)
+from mi_credential import ManagedIdentitySource as S
+from mi_credential._environment import SourceConfig, build_identity
+from mi_credential._models import RawResponse, TokenRequest
+from mi_credential._sources import Target, create_source, scope_to_resource
+from mi_credential._sources._base import build_url, parse_epoch, refresh_time
+from mi_credential._sources.workload_identity import merge_cae_claims
+
+NOW = 1_800_000_000
+CONFIGS = {
+    S.IMDS: SourceConfig(S.IMDS, "http://169.254.169.254/metadata/identity/oauth2/token", "t"),
+    S.APP_SERVICE: SourceConfig(S.APP_SERVICE, "http://127.0.0.1:41234/msi/token", "t", secret="sek"),
+    S.AZURE_ARC: SourceConfig(S.AZURE_ARC, "http://localhost:40342/metadata/identity/oauth2/token", "t"),
+    S.SERVICE_FABRIC: SourceConfig(
+        S.SERVICE_FABRIC, "https://10.0.0.4:2377/metadata/identity/oauth2/token", "t",
+        secret="sek", thumbprint="ab" * 20,
+    ),
+    S.AZURE_ML: SourceConfig(S.AZURE_ML, "http://127.0.0.1:46808/", "t", secret="sek"),
+    S.CLOUD_SHELL: SourceConfig(S.CLOUD_SHELL, "http://localhost:50342/oauth2/token", "t"),
+    S.WORKLOAD_IDENTITY: SourceConfig(
+        S.WORKLOAD_IDENTITY, "https://login.microsoftonline.com", "t",
+        tenant_id="tenant", client_id="app", token_file="/f",
+    ),
+}
+
+
+def request_for(source: S, client_id=None, identity_config=None, scope="https://r/.default"):
+    src = create_source(CONFIGS[source], build_identity(client_id, identity_config))
+    return src.build_request(src.target([scope], None), assertion="assertion-jwt")
+
+
+def query(request: TokenRequest) -> list[tuple[str, str]]:
+    return parse_qsl(urlsplit(request.url).query)
+
+
+@pytest.mark.parametrize(
+    ("source", "client_id", "config", "expected_params"),
+    [
+        (S.IMDS, None, None, [("api-version", "2018-02-01"), ("resource", "https://r")]),
+        (S.IMDS, "cid", None, [("api-version", "2018-02-01"), ("resource", "https://r"), ("client_id", "cid")]),
+        (S.IMDS, None, {"object_id": "oid"}, [("api-version", "2018-02-01"), ("resource", "https://r"), ("object_id", "oid")]),
+        (S.IMDS, None, {"resource_id": "/s/r"}, [("api-version", "2018-02-01"), ("resource", "https://r"), ("msi_res_id", "/s/r")]),
+        (S.IMDS, "cid", {"mi_res_id": "/x"}, [("api-version", "2018-02-01"), ("resource", "https://r"), ("mi_res_id", "/x"), ("client_id", "cid")]),
+        (S.APP_SERVICE, None, None, [("api-version", "2019-08-01"), ("resource", "https://r")]),
+        (S.APP_SERVICE, "cid", None, [("api-version", "2019-08-01"), ("resource", "https://r"), ("client_id", "cid")]),
+        (S.APP_SERVICE, None, {"object_id": "oid"}, [("api-version", "2019-08-01"), ("resource", "https://r"), ("object_id", "oid")]),
+        (S.APP_SERVICE, None, {"resource_id": "/s/r"}, [("api-version", "2019-08-01"), ("resource", "https://r"), ("mi_res_id", "/s/r")]),
+        (S.AZURE_ARC, None, None, [("api-version", "2020-06-01"), ("resource", "https://r")]),
+        (S.AZURE_ARC, None, {"resource_id": "/s/r"}, [("api-version", "2020-06-01"), ("resource", "https://r"), ("msi_res_id", "/s/r")]),
+        (S.SERVICE_FABRIC, None, None, [("api-version", "2019-07-01-preview"), ("resource", "https://r")]),
+        (S.AZURE_ML, None, None, [("api-version", "2017-09-01"), ("resource", "https://r")]),
+        (S.AZURE_ML, "cid", None, [("api-version", "2017-09-01"), ("resource", "https://r"), ("clientid", "cid")]),
+        (S.AZURE_ML, None, {"object_id": "oid"}, [("api-version", "2017-09-01"), ("resource", "https://r"), ("object_id", "oid")]),
+        (S.AZURE_ML, None, {"resource_id": "/s/r"}, [("api-version", "2017-09-01"), ("resource", "https://r"), ("msi_res_id", "/s/r")]),
+    ],
+)
+def test_get_requests(source, client_id, config, expected_params) -> None:
+    request = request_for(source, client_id, config)
+    assert request.method == "GET"
+    assert request.url.split("?")[0] == CONFIGS[source].endpoint
+    assert query(request) == expected_params
+
+
+def test_headers_and_secrets_per_source() -> None:
+    assert request_for(S.IMDS).headers == (("Metadata", "true"),)
+    assert request_for(S.AZURE_ARC).headers == (("Metadata", "true"),)
+    app = request_for(S.APP_SERVICE)
+    assert app.headers == (("X-IDENTITY-HEADER", "sek"),)
+    assert app.secrets == ("sek",)
+    sf = request_for(S.SERVICE_FABRIC)
+    assert sf.headers == (("Secret", "sek"),)
+    assert sf.tls_thumbprint == "ab" * 20
+    assert request_for(S.AZURE_ML).headers == (("secret", "sek"),)
+    assert request_for(S.IMDS).secrets == ()
+
+
+def test_query_values_are_percent_encoded() -> None:
+    request = request_for(S.IMDS, scope="https://r/path?x=1&y=#frag/.default")
+    assert "resource=https%3A%2F%2Fr%2Fpath%3Fx%3D1%26y%3D%23frag" in request.url
+    assert ("resource", "https://r/path?x=1&y=#frag") in query(request)
+
+
+def test_endpoint_query_is_kept_and_wins() -> None:
+    url = build_url("http://h/token?api-version=2099&x=1", [("api-version", "1"), ("resource", "r")])
+    assert parse_qsl(urlsplit(url).query) == [("resource", "r"), ("api-version", "2099"), ("x", "1")]
+
+
+def test_cloud_shell_posts_a_form() -> None:
+    request = request_for(S.CLOUD_SHELL)
+    assert request.method == "POST"
+    assert request.url == CONFIGS[S.CLOUD_SHELL].endpoint
+    assert request.headers == (("Metadata", "true"),)
+    assert request.form == (("resource", "https://r"),)
+
+
+def test_cloud_shell_extra_identity_config_becomes_form_fields() -> None:
+    src = create_source(CONFIGS[S.CLOUD_SHELL], build_identity(None, {"mi_res_id": "x"}))
+    request = src.build_request(Target("https://r"))
+    assert request.form == (("resource", "https://r"), ("mi_res_id", "x"))
+
+
+@pytest.mark.parametrize(("client_id", "config"), [("cid", None), (None, {"object_id": "o"})])
+def test_cloud_shell_rejects_user_assigned(client_id, config) -> None:
+    with pytest.raises(ValueError, match="cloud shell"):
+        create_source(CONFIGS[S.CLOUD_SHELL], build_identity(client_id, config))
+
+
+@pytest.mark.parametrize(("client_id", "config"), [("cid", None), (None, {"mi_res_id": "o"})])
+def test_service_fabric_refuses_user_assigned_without_a_request(client_id, config) -> None:
+    src = create_source(CONFIGS[S.SERVICE_FABRIC], build_identity(client_id, config))
+    with pytest.raises(ManagedIdentityError, match="not supported by the Service Fabric"):
+        src.build_request(Target("https://r"))
+
+
+def test_workload_identity_exchange() -> None:
+    request = request_for(S.WORKLOAD_IDENTITY)
+    assert request.method == "POST"
+    assert request.url == "https://login.microsoftonline.com/tenant/oauth2/v2.0/token"
+    assert request.form == (
+        ("client_assertion", "assertion-jwt"),
+        ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+        ("client_id", "app"),
+        ("grant_type", "client_credentials"),
+        ("scope", "https://r/.default"),
+    )
+    assert request.secrets == ("assertion-jwt",)
+
+
+def test_workload_identity_scopes_tenants_and_claims() -> None:
+    src = create_source(
+        CONFIGS[S.WORKLOAD_IDENTITY], build_identity("explicit", None),
+        additionally_allowed_tenants=["other"],
+    )
+    target = src.target(["a/.default", "b/.default"], "other")
+    assert target == Target("a/.default b/.default", "other")
+    request = src.build_request(target, claims='{"x":1}', assertion="a")
+    assert dict(request.form or ())["client_id"] == "explicit"
+    assert dict(request.form or ())["claims"] == '{"x":1}'
+    assert request.url.endswith("/other/oauth2/v2.0/token")
+    with pytest.raises(ManagedIdentityError, match="not configured to acquire tokens for tenant"):
+        src.target(["a"], "stranger")
+
+
+def test_workload_identity_requires_a_client_id() -> None:
+    config = SourceConfig(S.WORKLOAD_IDENTITY, "https://login", "t", tenant_id="t", token_file="/f")
+    with pytest.raises(ValueError, match="no client ID was provided"):
+        create_source(config, build_identity(None, None))
+    with pytest.raises(ValueError, match="cannot be honoured"):
+        create_source(CONFIGS[S.WORKLOAD_IDENTITY], build_identity(None, {"object_id": "o"}))
+
+
+def test_cae_claims_merge() -> None:
+    assert json.loads(merge_cae_claims(None)) == {"access_token": {"xms_cc": {"values": ["CP1"]}}}
+    merged = json.loads(merge_cae_claims('{"access_token": {"nbf": {"essential": true}}}'))
+    assert merged == {"access_token": {"nbf": {"essential": True}, "xms_cc": {"values": ["CP1"]}}}
+    with pytest.raises(ValueError, match="JSON object"):
+        merge_cae_claims("[1]")
+
+
+@pytest.mark.parametrize(
+    ("scopes", "message"),
+    [([], "At least one scope"), (["a", "b"], "exactly one scope")],
+)
+def test_managed_identity_takes_one_scope(scopes, message) -> None:
+    src = create_source(CONFIGS[S.IMDS], build_identity(None, None))
+    with pytest.raises(ValueError, match=message):
+        src.target(scopes, None)
+
+
+@pytest.mark.parametrize(
+    ("scope", "resource"),
+    [
+        ("https://r/.default", "https://r"),
+        ("https://r//.default", "https://r/"),
+        ("api://x/.default", "api://x"),
+        ("https://r/.DEFAULT", "https://r/.DEFAULT"),
+        ("https://r/user_impersonation", "https://r/user_impersonation"),
+        ("00000003-0000-0000-c000-000000000000", "00000003-0000-0000-c000-000000000000"),
+    ],
+)
+def test_scope_to_resource(scope, resource) -> None:
+    assert scope_to_resource(scope) == resource
+
+
+# -- parsing --------------------------------------------------------------------------------------
+
+
+def response(status=200, body=None, content_type="application/json", headers=None) -> RawResponse:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode() if body is not None else b""
+    return RawResponse(status, "OK", {"content-type": content_type, **(headers or {})}, raw)
+
+
+def parse(source: S, resp: RawResponse, client_id=None, config=None):
+    src = create_source(CONFIGS[source], build_identity(client_id, config))
+    request = src.build_request(src.target(["https://r/.default"], None), assertion="a")
+    return src.parse_response(resp, request, NOW)
+
+
+@pytest.mark.parametrize(
+    ("body", "expires_on", "refresh_on", "token_type"),
+    [
+        ({"access_token": "T", "expires_in": "86400"}, NOW + 86400, NOW + 43200, "Bearer"),
+        ({"access_token": "T", "expires_in": 3600}, NOW + 3600, NOW + 3300, "Bearer"),
+        ({"access_token": "T", "expires_in": 600}, NOW + 600, NOW + 300, "Bearer"),
+        ({"access_token": "T", "expires_in": 120}, NOW + 120, NOW + 60, "Bearer"),
+        ({"access_token": "T", "expires_on": str(NOW + 7200)}, NOW + 7200, NOW + 3600, "Bearer"),
+        ({"access_token": "T", "expires_on": NOW + 7200, "token_type": "PoP"}, NOW + 7200, NOW + 3600, "PoP"),
+        ({"access_token": "T", "expires_on": f"{NOW + 7200}.5"}, NOW + 7200, NOW + 3600, "Bearer"),
+        ({"access_token": "T", "expires_in": 86400, "refresh_in": 600}, NOW + 86400, NOW + 600, "Bearer"),
+        ({"access_token": "T", "expires_in": 86400, "refresh_in": "600"}, NOW + 86400, NOW + 600, "Bearer"),
+        ({"access_token": "T", "expires_in": 3600, "refresh_in": 99999}, NOW + 3600, NOW + 3300, "Bearer"),
+        # expires_in (relative to the request) is preferred: immune to clock skew
+        ({"access_token": "T", "expires_in": "3600", "expires_on": "1"}, NOW + 3600, NOW + 3300, "Bearer"),
+        # the resource need not be echoed, and an odd echo does not matter
+        ({"access_token": "T", "expires_in": 3600, "resource": "https://other/"}, NOW + 3600, NOW + 3300, "Bearer"),
+    ],
+)
+def test_token_parsing(body, expires_on, refresh_on, token_type) -> None:
+    token = parse(S.IMDS, response(body=body))
+    assert (token.token, token.expires_on, token.refresh_on, token.token_type) == (
+        "T", expires_on, refresh_on, token_type
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (1800000000, 1800000000),
+        ("1800000000", 1800000000),
+        ("06/20/2019 02:57:58 +00:00", 1560999478),
+        ("1/16/2020 5:24:12 AM +00:00", 1579152252),
+        ("1/16/2020 5:24:12 PM +00:00", 1579195452),
+        ("2019-06-20T02:57:58Z", 1560999478),
+        ("2019-06-20T02:57:58+00:00", 1560999478),
+        ("nonsense", None),
+        (None, None),
+        (True, None),
+        ("inf", None),
+    ],
+)
+def test_expires_on_formats(value, expected) -> None:
+    assert parse_epoch(value) == expected
+
+
+def test_azure_ml_date_expiry() -> None:
+    body = {"access_token": "T", "expires_on": "06/20/2030 02:57:58 +00:00"}
+    src = create_source(CONFIGS[S.AZURE_ML], build_identity(None, None))
+    token = src.parse_response(response(body=body), src.build_request(Target("r")), 1_900_000_000)
+    assert token.expires_on == 1908154678
+
+
+@pytest.mark.parametrize(
+    ("resp", "why"),
+    [
+        (response(body=b""), "not a JSON object"),
+        (response(body=b"{}"), "no access_token"),
+        (response(body=b"null"), "not a JSON object"),
+        (response(body=b'{"access_token": "T", "expi'), "not a JSON object"),
+        (response(body=b"<html>proxy</html>", content_type="text/html"), "not a JSON object"),
+        (response(body=b"\xff\xfe"), "not a JSON object"),
+        (response(body={"access_token": "", "expires_in": 1}), "no access_token"),
+        (response(body={"access_token": 5, "expires_in": 1}), "no access_token"),
+        (response(body={"access_token": "CANARY-TOKEN"}), "no usable expires_in or expires_on"),
+        (response(body={"access_token": "CANARY-TOKEN", "expires_on": "soon"}), "no usable expires_in"),
+        (response(body={"access_token": "CANARY-TOKEN", "expires_in": 0}), "already expired"),
+        (response(body={"access_token": "CANARY-TOKEN", "expires_in": -60}), "already expired"),
+        (response(body={"access_token": "CANARY-TOKEN", "expires_on": NOW - 1}), "already expired"),
+        (RawResponse(200, "OK", {}, b"", truncated=True), "larger than any token response"),
+    ],
+)
+def test_unusable_success_bodies(resp, why) -> None:
+    with pytest.raises(InvalidTokenResponseError, match=why) as caught:
+        parse(S.APP_SERVICE, resp)
+    error = caught.value
+    assert error.status_code == 200
+    assert "CANARY-TOKEN" not in str(error) and "CANARY-TOKEN" not in repr(error)
+
+
+def test_arc_requires_the_user_assigned_identity_echo() -> None:
+    body = {"access_token": "T", "expires_in": 3600, "client_id": "CID"}
+    assert parse(S.AZURE_ARC, response(body=body), client_id="cid").token == "T"
+    with pytest.raises(ManagedIdentityError, match="did not confirm the requested user-assigned"):
+        parse(S.AZURE_ARC, response(body={**body, "client_id": "other"}), client_id="cid")
+    with pytest.raises(ManagedIdentityError, match="did not confirm"):
+        parse(S.AZURE_ARC, response(body=body), config={"resource_id": "/r"})
+    ok = {**body, "mi_res_id": "/R"}
+    assert parse(S.AZURE_ARC, response(body=ok), config={"resource_id": "/r"}).token == "T"
+    assert parse(S.AZURE_ARC, response(body={**body, "client_id": "x"})).token == "T"
+
+
+@pytest.mark.parametrize(
+    ("header", "ok"),
+    [
+        ("Basic realm=/var/opt/azcmagent/tokens/a.key", True),
+        ('basic REALM="/var/opt/azcmagent/tokens/a.key"', True),
+        (None, False),
+        ("", False),
+        ("Bearer x=/var/opt/azcmagent/tokens/a.key", False),
+        ("Basic /var/opt/azcmagent/tokens/a.key", False),
+        ("Basic realm=/a=b.key", False),
+    ],
+)
+def test_arc_challenge_header(header, ok) -> None:
+    src = create_source(CONFIGS[S.AZURE_ARC], build_identity(None, None))
+    headers = {} if header is None else {"www-authenticate": header}
+    resp = RawResponse(401, "Unauthorized", headers, b"")
+    if ok:
+        assert src.challenge_path(resp) == "/var/opt/azcmagent/tokens/a.key"
+    else:
+        with pytest.raises(ManagedIdentityError, match="WWW-Authenticate"):
+            src.challenge_path(resp)
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+
+def error_for(source: S, resp: RawResponse, client_id=None, config=None) -> ManagedIdentityError:
+    src = create_source(CONFIGS[source], build_identity(client_id, config))
+    request = src.build_request(src.target(["https://r/.default"], None), assertion="a")
+    return src.error_from_response(resp, request, attempts=3, elapsed=4.25)
+
+
+def test_imds_400_says_system_assigned_or_which_user_assigned_identity() -> None:
+    resp = response(400, {"error": "invalid_request", "error_description": "Identity not found"})
+    system = error_for(S.IMDS, resp)
+    assert isinstance(system, CredentialUnavailableError)
+    assert "No system-assigned managed identity is enabled" in str(system)
+    assert "Identity not found" in str(system)
+    user = error_for(S.IMDS, resp, client_id="CID-1")
+    assert isinstance(user, CredentialUnavailableError)
+    assert "user-assigned identity client_id=CID-1 is not assigned" in str(user)
+    assert (user.status_code, user.error_code, user.error_description, user.attempts) == (
+        400, "invalid_request", "Identity not found", 3
+    )
+
+
+def test_imds_400_invalid_resource_is_not_unavailable() -> None:
+    resp = response(400, {"error": "invalid_resource", "error_description": "AADSTS500011: no"})
+    error = error_for(S.IMDS, resp)
+    assert type(error) is TokenRequestError
+    assert "invalid_resource" in str(error)
+
+
+def test_imds_403_unreachable_network_is_unavailable() -> None:
+    body = {"error": "forbidden", "error_description": "A socket operation was attempted to an unreachable network"}
+    assert isinstance(error_for(S.IMDS, response(403, body)), CredentialUnavailableError)
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "description"),
+    [
+        ({"statusCode": 400, "message": "Unable to load the proper Managed Identity."}, None, "Unable to load the proper Managed Identity."),
+        ({"error": {"code": "SecretHeaderNotFound", "message": "Secret is not found"}}, "SecretHeaderNotFound", "Secret is not found"),
+        ({"error": "invalid_client", "error_description": "AADSTS700213: no match"}, "invalid_client", "AADSTS700213: no match"),
+        (b"<html>gateway</html>", None, None),
+        ({"access_token": "CANARY-TOKEN", "error": "weird"}, None, None),
+        ({"error": "x", "error_description": "leaks eyJhbGciOi.eyJzdWIiOi.c2lnbmF0dXJl and sek"}, "x", "leaks **** and ****"),
+        ({"error": "x", "error_description": "line\r\nFAKE LOG LINE"}, "x", "line FAKE LOG LINE"),
+        ({"error": "x", "error_description": "y" * 1000}, "x", "y" * 297 + "..."),
+    ],
+)
+def test_error_details_are_extracted_and_scrubbed(body, code, description) -> None:
+    error = error_for(S.APP_SERVICE, response(500, body))
+    assert type(error) is TokenRequestError
+    assert (error.error_code, error.error_description) == (code, description)
+    assert "HTTP 500" in str(error) and "after 3 attempts in 4.2 s" in str(error)
+    assert "CANARY-TOKEN" not in str(error) and "sek" not in str(error)
+
+
+@pytest.mark.parametrize(
+    ("status", "hint"),
+    [
+        (401, "IDENTITY_HEADER was refused"),
+        (429, "throttling"),
+        (503, "transient"),
+        (404, "identity assigned"),
+    ],
+)
+def test_app_service_hints(status, hint) -> None:
+    assert hint in str(error_for(S.APP_SERVICE, response(status, {})))
+
+
+def test_workload_identity_errors_name_entra_and_the_application() -> None:
+    error = error_for(S.WORKLOAD_IDENTITY, response(401, {"error": "invalid_client", "error_description": "AADSTS700213"}))
+    assert str(error).startswith("Microsoft Entra ID answered HTTP 401")
+    assert "federated identity credential of application app" in str(error)
+
+
+def test_refresh_time_rules() -> None:
+    assert refresh_time(NOW, NOW + 86400) == NOW + 43200
+    assert refresh_time(NOW, NOW + 7200) == NOW + 3600
+    assert refresh_time(NOW, NOW + 7199) == NOW + 7199 - 300
+    assert refresh_time(NOW, NOW + 100) == NOW + 50
+    assert refresh_time(NOW, NOW + 86400, 60) == NOW + 60
+    assert refresh_time(NOW, NOW + 86400, "bad") == NOW + 43200
