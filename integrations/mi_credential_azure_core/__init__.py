@@ -1,0 +1,3 @@
+"""An azure-core pipeline policy that attaches managed identity tokens."""
+
+__all__: list[str] = []
