@@ -94,7 +94,9 @@ def print_table(rows: list[Row]) -> None:
             group = row.group
             print(f"\n{group}")
         ratio = "-" if row.ratio is None else f"{row.ratio:.3f}x"
-        name = f"  {row.name} (vs {row.baseline_name})" if row.baseline is not None else f"  {row.name}"
+        name = f"  {row.name}"
+        if row.baseline is not None:
+            name += f" (vs {row.baseline_name})"
         print(
             f"{name:<58} {format_value(row.ours, row.unit):>12} "
             f"{format_value(row.baseline, row.unit):>12} {ratio:>8}  {row.target}"

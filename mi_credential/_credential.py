@@ -7,11 +7,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import platform
 import random
+import re
 import sys
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from functools import partial
 from types import TracebackType
@@ -29,7 +28,6 @@ from ._constants import (
 from ._constants import EnvironmentVariables as Env
 from ._environment import SourceConfig, build_identity, detect_source
 from ._errors import TROUBLESHOOTING_URL, CredentialUnavailableError, ManagedIdentityError
-from ._files import read_arc_key, read_federated_token
 from ._models import (
     Identity,
     ManagedIdentitySource,
@@ -40,19 +38,7 @@ from ._models import (
     TokenRequest,
 )
 from ._retry import AttemptOutcome, RetryState, next_delay, parse_retry_after
-from ._sources import AzureArcSource, Target, TokenSource, create_source
-from ._sources.workload_identity import merge_cae_claims
-from ._telemetry import CACHE_RESULT as CACHE_RESULT_ATTRIBUTE
-from ._telemetry import (
-    COALESCED_WAITERS,
-    IDENTITY_KIND,
-    OUTCOME,
-    SOURCE,
-    TOKEN_REQUESTS,
-    Acquisition,
-    CredentialTelemetry,
-)
-from ._telemetry import RESOURCE as RESOURCE_ATTRIBUTE
+from ._sources import Target, TokenSource, create_source
 from ._transport import Transport, TransportError
 from ._version import __version__
 
@@ -60,6 +46,8 @@ if TYPE_CHECKING:
     import aiohttp
     from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import TracerProvider
+
+    from ._telemetry import Acquisition
 
 _logger = logging.getLogger("mi_credential")
 
@@ -88,6 +76,9 @@ _IGNORED_KWARGS = frozenset(
         "_enable_imds_probe",
     }
 )
+
+#: Whitespace (several scopes in one string) or control characters (header/log injection).
+_UNSAFE_IN_SCOPE = re.compile(r"[\s\x00-\x1f\x7f]")
 
 _NO_SOURCE_MESSAGE = (
     "No managed identity endpoint found: IDENTITY_ENDPOINT is set but neither IDENTITY_HEADER "
@@ -240,12 +231,8 @@ class ManagedIdentityCredential:
         self._inflight: dict[Target, asyncio.Task[_Entry]] = {}
         self._closed = False
 
-        # Plain counters, read by observable instruments.
-        self._hits = 0
-        self._stale_hits = 0
-        self._misses = 0
-        self._miss_errors = 0
-        self._coalesced = 0
+        # OpenTelemetry is loaded with the first credential, not with the package.
+        from ._telemetry import IDENTITY_KIND, SOURCE, CredentialTelemetry
 
         source_name = self._config.source.value if self._config else "unavailable"
         self._telemetry = CredentialTelemetry(
@@ -255,6 +242,8 @@ class ManagedIdentityCredential:
             attributes={SOURCE: source_name, IDENTITY_KIND: self._identity.kind.value},
             monotonic=self._monotonic,
         )
+        # Plain counters (shared per source and identity kind), read by observable instruments.
+        self._counts = self._telemetry.counts
         if self._config is None:
             _logger.warning("ManagedIdentityCredential: %s", _NO_SOURCE_MESSAGE)
         else:
@@ -302,7 +291,7 @@ class ManagedIdentityCredential:
         if len(scopes) == 1 and not claims and tenant_id is None:
             entry = self._hot.get(scopes[0])
             if entry is not None and self._now() < entry.refresh_on:
-                self._hits += 1
+                self._counts.hits += 1
                 return entry.access_token
         entry = await self._get(scopes, claims, tenant_id, enable_cae, "get_token")
         return entry.access_token
@@ -328,7 +317,7 @@ class ManagedIdentityCredential:
         if not options and len(scopes) == 1:
             entry = self._hot.get(scopes[0])
             if entry is not None and self._now() < entry.refresh_on:
-                self._hits += 1
+                self._counts.hits += 1
                 return entry.info
         options = options or {}
         entry = await self._get(
@@ -383,26 +372,9 @@ class ManagedIdentityCredential:
 
     # -- telemetry subject ----------------------------------------------------------------------
 
-    def telemetry_counts(self) -> Iterable[tuple[str, int, dict[str, str]]]:
-        common = self._telemetry.attributes
-        for result, outcome, value in (
-            ("hit", "success", self._hits),
-            ("stale", "success", self._stale_hits),
-            ("miss", "success", self._misses - self._miss_errors),
-            ("miss", "error", self._miss_errors),
-        ):
-            yield (
-                TOKEN_REQUESTS,
-                value,
-                {
-                    **common,
-                    CACHE_RESULT_ATTRIBUTE: result,
-                    OUTCOME: outcome,
-                },
-            )
-        yield COALESCED_WAITERS, self._coalesced, dict(common)
-
     def telemetry_expiries(self) -> Iterable[tuple[float, dict[str, str]]]:
+        from ._telemetry import RESOURCE as RESOURCE_ATTRIBUTE
+
         now = self._now()
         common = self._telemetry.attributes
         for target, entry in list(self._entries.items()):
@@ -438,7 +410,7 @@ class ManagedIdentityCredential:
         for scope in scopes:
             if not isinstance(scope, str) or not scope.strip():
                 raise ValueError("Each scope must be a non-empty string.")
-            if any(c.isspace() or ord(c) < 0x20 for c in scope):
+            if _UNSAFE_IN_SCOPE.search(scope):
                 raise ValueError(
                     f"Invalid scope {scope!r}: a scope contains no whitespace or control "
                     "characters (pass several scopes as separate arguments)."
@@ -448,6 +420,8 @@ class ManagedIdentityCredential:
             raise CredentialUnavailableError(_NO_SOURCE_MESSAGE)
         target = source.target(scopes, tenant_id)
         if enable_cae and source.needs_assertion:
+            from ._sources.workload_identity import merge_cae_claims
+
             claims = merge_cae_claims(claims)
         hot_key = scopes[0] if len(scopes) == 1 and tenant_id is None and not enable_cae else None
 
@@ -457,22 +431,22 @@ class ManagedIdentityCredential:
             if hot_key is not None:
                 self._hot[hot_key] = entry
             if now < entry.refresh_on:
-                self._hits += 1
+                self._counts.hits += 1
                 return entry
             if now < entry.mandatory_at:
                 # Advisory window: serve the valid token, refresh once in the background.
-                self._stale_hits += 1
+                self._counts.stale += 1
                 if now >= entry.next_background_refresh and target not in self._inflight:
                     entry.next_background_refresh = now + REFRESH_RETRY_BACKOFF
                     self._start(target, None, "proactive", "stale")
                 return entry
 
         reason = "claims" if claims else ("initial" if entry is None else "expired")
-        self._misses += 1
+        self._counts.misses += 1
         try:
             entry = await self._join(target, claims, reason)
         except BaseException:
-            self._miss_errors += 1
+            self._counts.miss_errors += 1
             raise
         if hot_key is not None:
             self._hot[hot_key] = entry
@@ -485,7 +459,7 @@ class ManagedIdentityCredential:
         if task is None or task.get_loop() is not asyncio.get_running_loop():
             task = self._start(target, claims, reason, "miss")
         else:
-            self._coalesced += 1
+            self._counts.coalesced += 1
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -518,13 +492,17 @@ class ManagedIdentityCredential:
             with self._telemetry.acquisition(target.resource, reason, cache_result) as record:
                 assertion = None
                 if source.needs_assertion:
+                    from ._files import read_federated_token
+
                     assert self._config is not None and self._config.token_file is not None
                     assertion = read_federated_token(self._config.token_file)
                 request = source.build_request(target, claims=claims, assertion=assertion)
-                request = request.with_header("User-Agent", self._user_agent).with_header(
-                    "x-ms-client-request-id", str(uuid.uuid4())
+                request = request.with_headers(
+                    ("User-Agent", self._user_agent),
+                    ("x-ms-client-request-id", _request_id()),
                 )
-                parsed = await self._send_with_retries(source, request, record)
+                async with self._transport.lease():
+                    parsed = await self._send_with_retries(source, request, record)
         except ManagedIdentityError as exc:
             entry = self._entries.get(target)
             if cache_result == "stale" and entry is not None:
@@ -571,7 +549,9 @@ class ManagedIdentityCredential:
             request_time = self._now()
             try:
                 response = await self._send(request, deadline, state.attempts - 1)
-                if response.status == 401 and isinstance(source, AzureArcSource):
+                if response.status == 401 and source.answers_challenges:
+                    from ._files import read_arc_key
+
                     key = read_arc_key(source.challenge_path(response))
                     request = source.authorize(request, key)
                     response = await self._send(request, deadline, state.attempts - 1)
@@ -644,8 +624,18 @@ def _cancelling() -> bool:
     return bool(cancelling()) if cancelling is not None else False
 
 
+_BASE_USER_AGENT = (
+    f"mi-credential/{__version__} Python/{'.'.join(map(str, sys.version_info[:3]))} "
+    f"({sys.platform}) aiohttp"
+)
+
+
 def _user_agent(suffix: str | None) -> str:
-    agent = (
-        f"mi-credential/{__version__} Python/{platform.python_version()} ({sys.platform}) aiohttp"
-    )
-    return f"{agent} {suffix}" if suffix else agent
+    return f"{_BASE_USER_AGENT} {suffix}" if suffix else _BASE_USER_AGENT
+
+
+def _request_id() -> str:
+    """A fresh ``x-ms-client-request-id``, the same on every attempt of one acquisition."""
+    import uuid
+
+    return str(uuid.uuid4())

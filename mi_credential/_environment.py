@@ -16,7 +16,7 @@ Detection order (a variable counts as set when present and non-empty):
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from ._constants import IMDS_DEFAULT_AUTHORITY, IMDS_TOKEN_PATH
@@ -26,8 +26,7 @@ from ._models import Identity, IdentityKind, ManagedIdentitySource
 _IDENTITY_KEYS = ("client_id", "object_id", "resource_id")
 
 
-@dataclass(frozen=True)
-class SourceConfig:
+class SourceConfig(NamedTuple):
     """A detected source and what it needs from the environment.
 
     Attributes:
@@ -44,11 +43,19 @@ class SourceConfig:
     source: ManagedIdentitySource
     endpoint: str
     reason: str
-    secret: str | None = field(default=None, repr=False)
+    secret: str | None = None
     thumbprint: str | None = None
     tenant_id: str | None = None
     client_id: str | None = None
     token_file: str | None = None
+
+    def __repr__(self) -> str:
+        secret = ", secret='****'" if self.secret else ""
+        return (
+            f"SourceConfig(source={self.source.value!r}, endpoint={self.endpoint!r}{secret}, "
+            f"thumbprint={self.thumbprint!r}, tenant_id={self.tenant_id!r}, "
+            f"client_id={self.client_id!r}, token_file={self.token_file!r})"
+        )
 
 
 def detect_source(

@@ -1,14 +1,17 @@
 """Plain values passed between the layers: requests, responses, tokens, identities.
 
-All frozen, all free of I/O. A :class:`TokenRequest` knows which of its header values are secret,
-so every layer that logs, traces or raises can leave them out.
+All immutable, all free of I/O. A :class:`TokenRequest` knows which of its header values are
+secret, so every layer that logs, traces or raises can leave them out. They are NamedTuples
+rather than frozen dataclasses: as cheap to create, and several times cheaper to define, which
+matters for the package's import time.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import NamedTuple
 
 from azure.core.credentials import AccessToken, AccessTokenInfo
 
@@ -57,8 +60,7 @@ class IdentityKind(str, enum.Enum):
     RESOURCE_ID = "resource_id"
 
 
-@dataclass(frozen=True)
-class Identity:
+class Identity(NamedTuple):
     """The identity a credential asks for: system-assigned, or one user-assigned identity.
 
     ``extra`` holds any other ``identity_config`` entries (such as ``mi_res_id``), sent verbatim.
@@ -81,8 +83,7 @@ class Identity:
         return f"user-assigned identity {self.kind.value}={self.value}"
 
 
-@dataclass(frozen=True)
-class TokenRequest:
+class TokenRequest(NamedTuple):
     """One HTTP request to a token endpoint, fully built.
 
     ``url`` includes the percent-encoded query. ``secret_headers`` names (lower case) the headers
@@ -101,10 +102,16 @@ class TokenRequest:
 
     def with_header(self, name: str, value: str, *, secret: bool = False) -> TokenRequest:
         """Return a copy with ``name`` set to ``value`` (replacing any previous value)."""
-        lower = name.lower()
-        headers = (*((k, v) for k, v in self.headers if k.lower() != lower), (name, value))
-        secret_headers = self.secret_headers | {lower} if secret else self.secret_headers
-        return replace(self, headers=headers, secret_headers=secret_headers)
+        request = self.with_headers((name, value))
+        if secret:
+            request = request._replace(secret_headers=self.secret_headers | {name.lower()})
+        return request
+
+    def with_headers(self, *headers: tuple[str, str]) -> TokenRequest:
+        """Return a copy with these (non-secret) headers set, replacing previous values."""
+        names = {name.lower() for name, _ in headers}
+        kept = tuple((k, v) for k, v in self.headers if k.lower() not in names)
+        return self._replace(headers=kept + headers)
 
     def header(self, name: str) -> str | None:
         lower = name.lower()
@@ -112,6 +119,20 @@ class TokenRequest:
             if key.lower() == lower:
                 return value
         return None
+
+    def __repr__(self) -> str:
+        headers = tuple(
+            (k, "****" if k.lower() in self.secret_headers else v) for k, v in self.headers
+        )
+        form = (
+            None
+            if self.form is None
+            else tuple((k, "****" if k in self.secret_form_fields else v) for k, v in self.form)
+        )
+        return (
+            f"TokenRequest(method={self.method!r}, url={self.url!r}, headers={headers!r}, "
+            f"form={form!r})"
+        )
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -128,13 +149,15 @@ class TokenRequest:
         return tuple(values)
 
 
-@dataclass(frozen=True)
-class RawResponse:
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
+class RawResponse(NamedTuple):
     """What came back: status, headers (names lower-cased), and the body bytes."""
 
     status: int
     reason: str = ""
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = _NO_HEADERS
     body: bytes = b""
     truncated: bool = False
     """The body exceeded the size limit and was not read."""
@@ -143,8 +166,7 @@ class RawResponse:
         return self.headers.get(name.lower())
 
 
-@dataclass(frozen=True)
-class ParsedToken:
+class ParsedToken(NamedTuple):
     """A token parsed from a successful response, with times in epoch seconds."""
 
     token: str

@@ -10,9 +10,8 @@ overall deadline of the acquisition: a retry that cannot start before the deadli
 
 from __future__ import annotations
 
-import email.utils
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 #: Statuses never worth retrying on a non-IMDS endpoint even with 5xx semantics: not implemented,
 #: HTTP version not supported.
@@ -23,8 +22,7 @@ def _server_errors() -> frozenset[int]:
     return frozenset(s for s in range(500, 600) if s not in _NOT_RETRIED_5XX)
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
+class RetryPolicy(NamedTuple):
     """A source's retry rules.
 
     Attributes:
@@ -66,8 +64,7 @@ DEFAULT_RETRY_POLICY = RetryPolicy(
 """Every other source (App Service, Arc, Service Fabric, Azure ML, Cloud Shell, Entra ID)."""
 
 
-@dataclass(frozen=True)
-class AttemptOutcome:
+class AttemptOutcome(NamedTuple):
     """What one attempt ended with, as far as retrying is concerned.
 
     Exactly one of ``status`` (the endpoint answered) and ``error`` (it did not: the connection
@@ -79,15 +76,17 @@ class AttemptOutcome:
     error: bool = False
 
 
-@dataclass
 class RetryState:
     """Counters across the attempts of one acquisition."""
 
-    attempts: int = 0
-    status_attempts: int = 0
-    error_attempts: int = 0
-    first_gone_at: float | None = None
-    """Seconds since the acquisition started when the first 410 arrived."""
+    __slots__ = ("attempts", "error_attempts", "first_gone_at", "status_attempts")
+
+    def __init__(self, attempts: int = 0) -> None:
+        self.attempts = attempts
+        self.status_attempts = 0
+        self.error_attempts = 0
+        self.first_gone_at: float | None = None
+        """Seconds since the acquisition started when the first 410 arrived."""
 
 
 def next_delay(
@@ -182,6 +181,8 @@ def parse_retry_after(headers: Mapping[str, str], now: float) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         pass
+    import email.utils  # only for the rare HTTP-date form
+
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):

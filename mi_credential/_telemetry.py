@@ -15,6 +15,7 @@ never breaks token acquisition: every call into OpenTelemetry is guarded.
 
 from __future__ import annotations
 
+import functools
 import logging
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -72,22 +73,35 @@ HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5
 
 
 class TelemetrySubject(Protocol):
-    """What the observable instruments read from a live credential."""
-
-    def telemetry_counts(self) -> Iterable[tuple[str, int, dict[str, str]]]:
-        """``(instrument name, cumulative count, attributes)`` for the observable counters."""
-        ...
+    """What the time-to-expiry gauge reads from a live credential."""
 
     def telemetry_expiries(self) -> Iterable[tuple[float, dict[str, str]]]:
         """``(seconds to expiry, attributes)`` per cached token."""
         ...
 
 
+class RequestCounts:
+    """Plain counters of get_token/get_token_info calls, shared by the credentials that record
+    with the same attributes and read by observable instruments at collection time: counting
+    costs the hot path an integer increment, never an OpenTelemetry call, and totals survive the
+    credentials that made them."""
+
+    __slots__ = ("attributes", "coalesced", "hits", "miss_errors", "misses", "stale")
+
+    def __init__(self, attributes: dict[str, str]) -> None:
+        self.attributes = attributes
+        self.hits = 0
+        self.stale = 0
+        self.misses = 0
+        self.miss_errors = 0
+        self.coalesced = 0
+
+
 class _MeterHub:
     """The instruments of one meter provider, shared by every credential that uses it.
 
     Observable instruments are created once per meter (an SDK keeps only the first registration
-    of a name), and their callbacks walk the live credentials, held weakly.
+    of a name); their callbacks read the shared :class:`RequestCounts` and the live credentials.
     """
 
     def __init__(self, meter_provider: metrics.MeterProvider | None) -> None:
@@ -95,6 +109,7 @@ class _MeterHub:
             INSTRUMENTATION_SCOPE, __version__, meter_provider, schema_url=SCHEMA_URL
         )
         self.subjects: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.counts: dict[tuple[tuple[str, str], ...], RequestCounts] = {}
         self.acquisition_duration = meter.create_histogram(
             ACQUISITION_DURATION,
             unit="s",
@@ -114,13 +129,13 @@ class _MeterHub:
         )
         meter.create_observable_counter(
             TOKEN_REQUESTS,
-            callbacks=[self._observe(TOKEN_REQUESTS)],
+            callbacks=[self._observe_requests],
             unit="{request}",
             description="get_token/get_token_info calls, by cache result and outcome.",
         )
         meter.create_observable_counter(
             COALESCED_WAITERS,
-            callbacks=[self._observe(COALESCED_WAITERS)],
+            callbacks=[self._observe_coalesced],
             unit="{request}",
             description="Calls that joined an acquisition already in flight.",
         )
@@ -131,23 +146,38 @@ class _MeterHub:
             description="Seconds until each cached token expires.",
         )
 
-    def _observe(self, name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
-        def callback(options: CallbackOptions) -> Iterable[Observation]:
-            observations = []
-            for subject in list(self.subjects):
-                for instrument, value, attributes in subject.telemetry_counts():
-                    if instrument == name:
-                        observations.append(Observation(value, attributes))
-            return observations
+    def counts_for(self, attributes: dict[str, str]) -> RequestCounts:
+        key = tuple(sorted(attributes.items()))
+        counts = self.counts.get(key)
+        if counts is None:
+            counts = self.counts[key] = RequestCounts(dict(attributes))
+        return counts
 
-        return callback
+    def _observe_requests(self, options: CallbackOptions) -> Iterable[Observation]:
+        observations = []
+        for counts in list(self.counts.values()):
+            for result, outcome, value in (
+                ("hit", "success", counts.hits),
+                ("stale", "success", counts.stale),
+                ("miss", "success", counts.misses - counts.miss_errors),
+                ("miss", "error", counts.miss_errors),
+            ):
+                attributes = {**counts.attributes, CACHE_RESULT: result, OUTCOME: outcome}
+                observations.append(Observation(value, attributes))
+        return observations
+
+    def _observe_coalesced(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(c.coalesced, c.attributes) for c in list(self.counts.values())]
 
     def _observe_expiry(self, options: CallbackOptions) -> Iterable[Observation]:
-        return [
-            Observation(value, attributes)
-            for subject in list(self.subjects)
-            for value, attributes in subject.telemetry_expiries()
-        ]
+        # Credentials with the same source, identity and resource report the soonest expiry.
+        soonest: dict[tuple[tuple[str, str], ...], tuple[float, dict[str, str]]] = {}
+        for subject in list(self.subjects):
+            for value, attributes in subject.telemetry_expiries():
+                key = tuple(sorted(attributes.items()))
+                if key not in soonest or value < soonest[key][0]:
+                    soonest[key] = (value, attributes)
+        return [Observation(value, attributes) for value, attributes in soonest.values()]
 
 
 _hubs: weakref.WeakKeyDictionary[Any, _MeterHub] = weakref.WeakKeyDictionary()
@@ -164,6 +194,27 @@ def _hub_for(meter_provider: metrics.MeterProvider | None) -> _MeterHub:
     if hub is None:
         hub = _hubs[meter_provider] = _MeterHub(meter_provider)
     return hub
+
+
+_tracers: weakref.WeakKeyDictionary[Any, trace.Tracer] = weakref.WeakKeyDictionary()
+_global_tracer: list[trace.Tracer] = []
+
+
+def _tracer_for(tracer_provider: trace.TracerProvider | None) -> trace.Tracer:
+    """One tracer per provider, shared by the credentials that use it."""
+    if tracer_provider is None:
+        # The API's proxy tracer follows the global provider, even one set later.
+        if not _global_tracer:
+            _global_tracer.append(
+                trace.get_tracer(INSTRUMENTATION_SCOPE, __version__, schema_url=SCHEMA_URL)
+            )
+        return _global_tracer[0]
+    tracer = _tracers.get(tracer_provider)
+    if tracer is None:
+        tracer = _tracers[tracer_provider] = trace.get_tracer(
+            INSTRUMENTATION_SCOPE, __version__, tracer_provider, schema_url=SCHEMA_URL
+        )
+    return tracer
 
 
 class Attempt:
@@ -228,11 +279,18 @@ class CredentialTelemetry:
     ) -> None:
         self.attributes = attributes
         self._monotonic = monotonic
-        self._tracer = trace.get_tracer(
-            INSTRUMENTATION_SCOPE, __version__, tracer_provider, schema_url=SCHEMA_URL
-        )
-        self._hub = _hub_for(meter_provider)
+        try:
+            self._tracer = _tracer_for(tracer_provider)
+        except Exception:
+            _logger.warning("OpenTelemetry tracing is disabled: the tracer provider failed")
+            self._tracer = trace.NoOpTracer()
+        try:
+            self._hub = _hub_for(meter_provider)
+        except Exception:
+            _logger.warning("OpenTelemetry metrics are disabled: the meter provider failed")
+            self._hub = _MeterHub(metrics.NoOpMeterProvider())
         self._hub.subjects.add(subject)
+        self.counts = self._hub.counts_for(attributes)
 
     @contextmanager
     def acquisition(self, resource: str, reason: str, cache_result: str) -> Iterator[Acquisition]:
@@ -288,8 +346,13 @@ class CredentialTelemetry:
     def attempt(self, method: str, url: str, resend_count: int) -> Iterator[Attempt]:
         """CLIENT span and duration of one HTTP attempt, with HTTP auto-instrumentation
         suppressed inside."""
-        attributes = _http_attributes(method, url)
-        span_attributes: dict[str, Any] = {**attributes, URL_FULL: redact_url(url)}
+        address, port, url_full = _url_facts(url)
+        attributes: dict[str, Any] = {
+            HTTP_REQUEST_METHOD: method,
+            SERVER_ADDRESS: address,
+            SERVER_PORT: port,
+        }
+        span_attributes: dict[str, Any] = {**attributes, URL_FULL: url_full}
         if resend_count:
             span_attributes[HTTP_REQUEST_RESEND_COUNT] = resend_count
         span = self._start_span(method, SpanKind.CLIENT, span_attributes)
@@ -325,11 +388,9 @@ class CredentialTelemetry:
             return trace.INVALID_SPAN
 
 
-def _http_attributes(method: str, url: str) -> dict[str, Any]:
+@functools.lru_cache(maxsize=256)
+def _url_facts(url: str) -> tuple[str, int, str]:
+    """``server.address``, ``server.port`` and ``url.full`` (without user information)."""
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    return {
-        HTTP_REQUEST_METHOD: method,
-        SERVER_ADDRESS: parts.hostname or "",
-        SERVER_PORT: port,
-    }
+    return parts.hostname or "", port, redact_url(url)

@@ -11,21 +11,23 @@ turns into its own typed errors.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
-import ssl
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+import functools
+import weakref
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote_plus
-
-import aiohttp
-from yarl import URL
 
 from ._constants import MAX_RESPONSE_BYTES
 from ._models import RawResponse, TokenRequest
 
 if TYPE_CHECKING:
-    from aiohttp.client_middlewares import ClientMiddlewareType
+    import ssl
+
+    import aiohttp
+
+# aiohttp is imported on first use, not with the package: it is most of the import cost, and a
+# process whose tokens come from the cache never needs it.
 
 
 class TransportError(Exception):
@@ -44,33 +46,116 @@ class TransportError(Exception):
         self.timeout = timeout
 
 
-class _Sha1Fingerprint(aiohttp.Fingerprint):
-    """Pin a server certificate by its SHA-1 thumbprint.
+@functools.lru_cache(maxsize=1)
+def _sha1_fingerprint_class() -> type[aiohttp.Fingerprint]:
+    import hashlib
+    import hmac
 
-    Service Fabric's token service presents a self-signed certificate identified only by the
-    SHA-1 thumbprint in IDENTITY_SERVER_THUMBPRINT. aiohttp's :class:`~aiohttp.Fingerprint` refuses
-    SHA-1 as a general-purpose pin; here the thumbprint is the platform's trust anchor, compared
-    over the whole DER certificate before any request byte is sent.
+    import aiohttp
+
+    class Sha1Fingerprint(aiohttp.Fingerprint):
+        """Pin a server certificate by its SHA-1 thumbprint.
+
+        Service Fabric's token service presents a self-signed certificate identified only by the
+        SHA-1 thumbprint in IDENTITY_SERVER_THUMBPRINT. aiohttp's :class:`~aiohttp.Fingerprint`
+        refuses SHA-1 as a general-purpose pin; here the thumbprint is the platform's trust
+        anchor, compared over the whole DER certificate before any request byte is sent.
+        """
+
+        def __init__(self, thumbprint: bytes) -> None:
+            self._fingerprint = thumbprint
+            self._hashfunc = hashlib.sha1
+
+        def check(self, transport: asyncio.Transport) -> None:
+            ssl_object = transport.get_extra_info("ssl_object")
+            certificate = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+            got = hashlib.sha1(certificate or b"").digest()  # noqa: S324 - the platform's pin
+            if not hmac.compare_digest(got, self._fingerprint):
+                host, port, *_ = transport.get_extra_info("peername")
+                raise aiohttp.ServerFingerprintMismatch(self._fingerprint, got, host, port)
+
+    return Sha1Fingerprint
+
+
+#: An idle pooled session is closed after this long: aiohttp drops idle keep-alive connections
+#: after 15 s anyway, and tokens are acquired hours apart.
+IDLE_CLOSE_SECONDS = 15.0
+
+
+class _LoopSession:
+    """The session every credential on one event loop sends with.
+
+    Sharing it keeps a credential small (a session with its connector weighs more than all the
+    rest of a credential with a cached token) and lets acquisitions that follow each other, from
+    any credential, reuse a warm connection. It is closed when it has been idle for
+    :data:`IDLE_CLOSE_SECONDS`, or at once when a credential is closed while no request runs.
     """
 
-    def __init__(self, thumbprint_hex: str) -> None:
-        self._fingerprint = bytes.fromhex(thumbprint_hex)
-        self._hashfunc = hashlib.sha1
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.session: aiohttp.ClientSession | None = None
+        self.leases = 0
+        self.idle_timer: asyncio.TimerHandle | None = None
+        self.closing: asyncio.Task[None] | None = None
 
-    def check(self, transport: asyncio.Transport) -> None:
-        ssl_object = transport.get_extra_info("ssl_object")
-        certificate = ssl_object.getpeercert(binary_form=True) if ssl_object else None
-        got = hashlib.sha1(certificate or b"").digest()  # noqa: S324 - the platform's pin
-        if not hmac.compare_digest(got, self._fingerprint):
-            host, port, *_ = transport.get_extra_info("peername")
-            raise aiohttp.ServerFingerprintMismatch(self._fingerprint, got, host, port)
+    def acquire(self) -> aiohttp.ClientSession:
+        self.leases += 1
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+        if self.session is None or self.session.closed:
+            import aiohttp
+
+            self.session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=32),
+                cookie_jar=aiohttp.DummyCookieJar(),
+                trust_env=False,
+                middlewares=(),
+            )
+        return self.session
+
+    def release(self) -> None:
+        self.leases -= 1
+        if self.leases == 0 and self.session is not None:
+            self.idle_timer = self.loop.call_later(IDLE_CLOSE_SECONDS, self._close_when_idle)
+
+    def _close_when_idle(self) -> None:
+        self.idle_timer = None
+        if self.leases == 0 and self.session is not None:
+            session, self.session = self.session, None
+            self.closing = self.loop.create_task(session.close())
+
+    async def close_if_idle(self) -> None:
+        if self.leases == 0:
+            if self.idle_timer is not None:
+                self.idle_timer.cancel()
+                self.idle_timer = None
+            session, self.session = self.session, None
+            if session is not None and not session.closed:
+                await session.close()
+        closing, self.closing = self.closing, None
+        if closing is not None:
+            await closing
 
 
-_NO_MIDDLEWARES: tuple[ClientMiddlewareType, ...] = ()
+_loop_sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopSession] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _loop_session() -> _LoopSession:
+    loop = asyncio.get_running_loop()
+    shared = _loop_sessions.get(loop)
+    if shared is None:
+        shared = _loop_sessions[loop] = _LoopSession(loop)
+    return shared
 
 
 class Transport:
     """Sends token requests. One per credential.
+
+    Requests go through the session of the running event loop that all credentials share
+    (:class:`_LoopSession`), or through the application's session if one was given.
 
     Args:
         session: An application-provided session to send with; never closed here.
@@ -87,33 +172,47 @@ class Transport:
         read_timeout: float,
         verify: bool | str = True,
     ) -> None:
-        self._session = session
-        self._session_loop: asyncio.AbstractEventLoop | None = None
-        self._owns_session = session is None
+        self._injected = session
+        self._session: aiohttp.ClientSession | None = None
+        self._leases = 0
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
-        self._ssl: ssl.SSLContext | bool = (
-            ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
-        )
-        self._pins: dict[str, _Sha1Fingerprint] = {}
+        self._verify = verify
+        self._ssl: ssl.SSLContext | bool | None = None
+        self._pins: dict[str, aiohttp.Fingerprint] = {}
+
+    @asynccontextmanager
+    async def lease(self) -> AsyncIterator[None]:
+        """Hold a session for the duration of the block (an acquisition and its retries)."""
+        if self._injected is not None:
+            yield
+            return
+        shared = _loop_session()
+        self._session = shared.acquire()
+        self._leases += 1
+        try:
+            yield
+        finally:
+            self._leases -= 1
+            if self._leases == 0:
+                self._session = None
+            shared.release()
 
     def _get_session(self) -> aiohttp.ClientSession:
-        session = self._session
-        loop = asyncio.get_running_loop()
-        if session is not None and not session.closed:
-            if not self._owns_session or self._session_loop is loop:
-                return session
-            # Created in another event loop, now gone: its connections died with it.
-            session.detach()
-        self._session_loop = loop
-        session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=10, ssl=self._ssl),
-            cookie_jar=aiohttp.DummyCookieJar(),
-            trust_env=False,
-            middlewares=_NO_MIDDLEWARES,
-        )
-        self._session = session
+        session = self._injected or self._session
+        if session is None:
+            raise RuntimeError("Transport.send() outside lease()")
         return session
+
+    def _ssl_option(self) -> ssl.SSLContext | bool:
+        if self._ssl is None:
+            import ssl
+
+            verify = self._verify
+            self._ssl = (
+                ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
+            )
+        return self._ssl
 
     async def send(
         self, request: TokenRequest, *, timeout: float, headers: Mapping[str, str] | None = None
@@ -128,6 +227,9 @@ class Transport:
         Raises:
             TransportError: No usable response.
         """
+        import aiohttp
+        from yarl import URL
+
         session = self._get_session()
         request_headers = dict(request.headers)
         if headers:
@@ -136,11 +238,12 @@ class Transport:
         if request.form is not None:
             data = "&".join(f"{quote_plus(k)}={quote_plus(v)}" for k, v in request.form)
             request_headers["Content-Type"] = "application/x-www-form-urlencoded"
-        ssl_option: aiohttp.Fingerprint | ssl.SSLContext | bool = self._ssl
+        ssl_option: Any = self._ssl_option()
         if request.tls_thumbprint:
             pin = self._pins.get(request.tls_thumbprint)
             if pin is None:
-                pin = self._pins[request.tls_thumbprint] = _Sha1Fingerprint(request.tls_thumbprint)
+                pin = _sha1_fingerprint_class()(bytes.fromhex(request.tls_thumbprint))
+                self._pins[request.tls_thumbprint] = pin
             ssl_option = pin
         client_timeout = aiohttp.ClientTimeout(
             total=max(timeout, 0.001),
@@ -156,7 +259,7 @@ class Transport:
                 allow_redirects=False,
                 ssl=ssl_option,
                 timeout=client_timeout,
-                middlewares=_NO_MIDDLEWARES,
+                middlewares=(),
             ) as response:
                 body, truncated = await _read_bounded(response)
                 return RawResponse(
@@ -196,10 +299,11 @@ class Transport:
             ) from exc
 
     async def close(self) -> None:
-        """Close the session if this transport created it. Idempotent."""
-        session, self._session = self._session, None
-        if session is not None and self._owns_session and not session.closed:
-            await session.close()
+        """Close the shared session of the running loop if no request is running on it."""
+        if self._injected is None:
+            shared = _loop_sessions.get(asyncio.get_running_loop())
+            if shared is not None:
+                await shared.close_if_idle()
 
 
 async def _read_bounded(response: aiohttp.ClientResponse) -> tuple[bytes, bool]:

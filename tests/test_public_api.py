@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from azure.core.credentials_async import AsyncSupportsTokenInfo, AsyncTokenCrede
 from azure.core.exceptions import ClientAuthenticationError
 
 import mi_credential
+import mi_credential._transport as transport
 from mi_credential import ManagedIdentityCredential
 from mi_credential import ManagedIdentitySource as S
 from mi_credential.emulator import Emulator
@@ -108,12 +110,26 @@ async def test_injected_session_is_used_and_never_closed(
             assert response.status == 200
 
 
-async def test_async_with_closes_the_owned_session(emulator: Emulator) -> None:
-    async with ManagedIdentityCredential(environ=emulator.environ(S.IMDS)) as credential:
-        await credential.get_token(SCOPE)
-        session = credential._transport._session
+async def test_credentials_on_a_loop_share_one_session_closed_when_idle(
+    emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(transport, "IDLE_CLOSE_SECONDS", 0.05)
+    shared = None
+    async with (
+        ManagedIdentityCredential(environ=emulator.environ(S.IMDS)) as first,
+        ManagedIdentityCredential(environ=emulator.environ(S.APP_SERVICE)) as second,
+    ):
+        await first.get_token(SCOPE)
+        shared = transport._loop_sessions[asyncio.get_running_loop()]
+        session = shared.session
         assert session is not None and not session.closed
-    assert session.closed
+        await second.get_token(SCOPE)
+        assert shared.session is session  # one session, one pool of warm connections
+        await asyncio.sleep(0.2)  # idle past the (shortened) idle time: closed
+        assert session.closed and shared.session is None
+        await first.get_token("https://vault.azure.net/.default")  # a new one when needed
+        assert shared.session is not None
+    assert shared.session is None  # closing a credential with nothing in flight closes it
 
 
 async def test_usable_without_async_with(emulator: Emulator) -> None:

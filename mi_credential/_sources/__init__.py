@@ -2,40 +2,24 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 
 from .._environment import SourceConfig
 from .._models import Identity, ManagedIdentitySource
 from ._base import Target, TokenSource, scope_to_resource
-from .app_service import AppServiceSource
-from .azure_arc import AzureArcSource
-from .azure_ml import AzureMLSource
-from .cloud_shell import CloudShellSource
-from .imds import ImdsSource
-from .service_fabric import ServiceFabricSource
-from .workload_identity import WorkloadIdentitySource
 
-__all__ = [
-    "AppServiceSource",
-    "AzureArcSource",
-    "AzureMLSource",
-    "CloudShellSource",
-    "ImdsSource",
-    "ServiceFabricSource",
-    "Target",
-    "TokenSource",
-    "WorkloadIdentitySource",
-    "create_source",
-    "scope_to_resource",
-]
+__all__ = ["Target", "TokenSource", "create_source", "scope_to_resource"]
 
-_SOURCES: dict[ManagedIdentitySource, type[TokenSource]] = {
-    ManagedIdentitySource.IMDS: ImdsSource,
-    ManagedIdentitySource.APP_SERVICE: AppServiceSource,
-    ManagedIdentitySource.AZURE_ARC: AzureArcSource,
-    ManagedIdentitySource.SERVICE_FABRIC: ServiceFabricSource,
-    ManagedIdentitySource.AZURE_ML: AzureMLSource,
-    ManagedIdentitySource.CLOUD_SHELL: CloudShellSource,
+#: Module and class of each source, imported when a credential selects it.
+_SOURCES = {
+    ManagedIdentitySource.IMDS: ("imds", "ImdsSource"),
+    ManagedIdentitySource.APP_SERVICE: ("app_service", "AppServiceSource"),
+    ManagedIdentitySource.AZURE_ARC: ("azure_arc", "AzureArcSource"),
+    ManagedIdentitySource.SERVICE_FABRIC: ("service_fabric", "ServiceFabricSource"),
+    ManagedIdentitySource.AZURE_ML: ("azure_ml", "AzureMLSource"),
+    ManagedIdentitySource.CLOUD_SHELL: ("cloud_shell", "CloudShellSource"),
+    ManagedIdentitySource.WORKLOAD_IDENTITY: ("workload_identity", "WorkloadIdentitySource"),
 }
 
 
@@ -52,11 +36,14 @@ def create_source(
         ValueError: The source cannot serve the requested identity (Cloud Shell with a
             user-assigned identity, workload identity without a client ID).
     """
+    module_name, class_name = _SOURCES[config.source]
+    module = importlib.import_module(f"{__name__}.{module_name}")
+    source_class: type[TokenSource] = getattr(module, class_name)
     if config.source is ManagedIdentitySource.WORKLOAD_IDENTITY:
-        return WorkloadIdentitySource(
+        return source_class(  # type: ignore[call-arg]
             config,
             identity,
             additionally_allowed_tenants=additionally_allowed_tenants,
             multitenant_disabled=multitenant_disabled,
         )
-    return _SOURCES[config.source](config, identity)
+    return source_class(config, identity)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
 from .._constants import HALF_LIFE_THRESHOLD, REFRESH_BEFORE_EXPIRY
@@ -32,8 +31,7 @@ from .._retry import DEFAULT_RETRY_POLICY, RetryPolicy
 _DEFAULT_SUFFIX = "/.default"
 
 
-@dataclass(frozen=True)
-class Target:
+class Target(NamedTuple):
     """What a token is for: the key of the cache and of single-flight.
 
     For managed identity endpoints ``resource`` is the resource URI derived from the one scope;
@@ -55,6 +53,10 @@ def build_url(endpoint: str, params: Sequence[tuple[str, str]]) -> str:
     Parameters already in the endpoint's query are kept after ours, and win over ours when the
     names are the same.
     """
+    if "?" not in endpoint:
+        return (
+            endpoint + "?" + "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in params)
+        )
     parts = urlsplit(endpoint)
     existing = parse_qsl(parts.query, keep_blank_values=True)
     existing_names = {name for name, _ in existing}
@@ -196,6 +198,17 @@ class TokenSource:
                 else "At least one scope is required."
             )
         return Target(scope_to_resource(scopes[0]))
+
+    answers_challenges: ClassVar[bool] = False
+    """Whether a 401 carries a challenge the source answers (Azure Arc)."""
+
+    def challenge_path(self, response: RawResponse) -> str:
+        """The key file a 401 challenge names (sources that answer challenges)."""
+        raise NotImplementedError
+
+    def authorize(self, request: TokenRequest, key: str) -> TokenRequest:
+        """The request again, answering the challenge with the key file's content."""
+        raise NotImplementedError
 
     def build_request(
         self, target: Target, *, claims: str | None = None, assertion: str | None = None

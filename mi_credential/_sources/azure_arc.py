@@ -20,6 +20,7 @@ from ._base import Target, TokenSource, build_url, identity_params
 
 class AzureArcSource(TokenSource):
     kind = ManagedIdentitySource.AZURE_ARC
+    answers_challenges = True
 
     def build_request(
         self, target: Target, *, claims: str | None = None, assertion: str | None = None
@@ -56,7 +57,6 @@ class AzureArcSource(TokenSource):
         return path.strip().strip('"')
 
     def authorize(self, request: TokenRequest, key: str) -> TokenRequest:
-        """The request again, answering the challenge with the key file's content."""
         return request.with_header("Authorization", f"Basic {key}", secret=True)
 
     def check_payload(self, payload: Mapping[str, Any], response: RawResponse) -> None:

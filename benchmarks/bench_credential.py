@@ -1,0 +1,353 @@
+"""mi_credential against azure.identity.aio.ManagedIdentityCredential, side by side in one run.
+
+Both libraries talk to the same loopback endpoint (``_fake_endpoint``, another process, 5 ms of
+artificial latency), in IMDS and App Service modes, with the OpenTelemetry SDK off and then on
+(tracing and metrics to in-memory exporters; for the reference, azure-core's native tracing is
+enabled too). Contenders alternate within each measurement so that machine noise hits both.
+
+    python -m benchmarks.bench_credential            # full run
+    python -m benchmarks.bench_credential --quick    # smoke run
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import statistics
+import subprocess
+import sys
+import time
+import tracemalloc
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+
+from mi_credential import ManagedIdentityCredential
+from mi_credential._constants import EnvironmentVariables
+
+from ._fake_endpoint import SECRET, running
+from ._harness import Row, interleaved, main
+
+SCOPE = "https://storage.azure.com/.default"
+LATENCY = 0.005
+REF = "azure-identity"
+
+
+def _reference() -> Any:
+    from azure.identity.aio import ManagedIdentityCredential as Reference
+
+    return Reference()
+
+
+def _ours() -> ManagedIdentityCredential:
+    return ManagedIdentityCredential()
+
+
+def _use_environment(environ: dict[str, str]) -> None:
+    for name in EnvironmentVariables.ALL:
+        os.environ.pop(name, None)
+    os.environ.update(environ)
+
+
+def _install_sdk() -> Callable[[], None]:
+    """Set global SDK providers with in-memory exporters; returns a function that clears them."""
+    from azure.core.settings import settings
+    from opentelemetry import metrics, trace
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(tracer_provider)
+    reader = InMemoryMetricReader()
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+    settings.tracing_enabled = True
+
+    def clear() -> None:
+        exporter.clear()
+        reader.get_metrics_data()
+
+    return clear
+
+
+async def _cache_hits(mode: str, sdk: str, quick: bool) -> list[Row]:
+    ours, reference = _ours(), _reference()
+    try:
+        await ours.get_token(SCOPE)
+        await reference.get_token(SCOPE)
+        batch, batches = (300, 5) if quick else (3000, 21)
+        rows = []
+        for method in ("get_token", "get_token_info"):
+            ours_call = getattr(ours, method)
+            reference_call = getattr(reference, method)
+            times = await interleaved(
+                {"ours": lambda c=ours_call: c(SCOPE), "ref": lambda c=reference_call: c(SCOPE)},
+                batch=batch,
+                batches=batches,
+            )
+            rows.append(
+                Row(
+                    f"cache hit, {mode}, SDK {sdk}",
+                    f"{method} per call",
+                    times["ours"],
+                    times["ref"],
+                    "s",
+                    target="<= 0.15" if method == "get_token" and sdk == "on" else "",
+                )
+            )
+        return rows
+    finally:
+        await ours.close()
+        await reference.close()
+
+
+async def _cold(mode: str, sdk: str, url: str, headers: dict[str, str], quick: bool) -> list[Row]:
+    async def ours() -> None:
+        async with _ours() as credential:
+            await credential.get_token(SCOPE)
+
+    async def reference() -> None:
+        async with _reference() as credential:
+            await credential.get_token(SCOPE)
+
+    async def bare_get() -> None:
+        async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as r:
+            await r.read()
+
+    contenders: dict[str, Callable[[], Awaitable[None]]] = {
+        "ours": ours,
+        "ref": reference,
+        "bare": bare_get,
+    }
+    samples: dict[str, list[float]] = {name: [] for name in contenders}
+    for call in contenders.values():  # warm-up
+        await call()
+    for _ in range(8 if quick else 60):
+        for name, call in contenders.items():
+            start = time.perf_counter()
+            await call()
+            samples[name].append(time.perf_counter() - start)
+    medians = {name: statistics.median(values) for name, values in samples.items()}
+    group = f"cold acquisition, {mode}, SDK {sdk}"
+    return [
+        Row(group, "new credential + get_token", medians["ours"], medians["ref"], "s"),
+        Row(
+            group,
+            "ours vs a bare aiohttp GET (new session)",
+            medians["ours"],
+            medians["bare"],
+            "s",
+            baseline_name="bare GET",
+            target="<= 1.05",
+        ),
+        Row(
+            group,
+            "reference vs a bare aiohttp GET (new session)",
+            medians["ref"],
+            medians["bare"],
+            "s",
+            baseline_name="bare GET",
+        ),
+    ], medians["ours"]
+
+
+async def _herds(mode: str, sdk: str, base: str, single_cold: float, quick: bool) -> list[Row]:
+    rows = []
+    async with aiohttp.ClientSession() as admin:
+
+        async def upstream() -> int:
+            async with admin.get(base + "/count") as response:
+                count: int = await response.json()
+            await admin.post(base + "/reset")
+            return count
+
+        for size in (1, 10, 100) if quick else (1, 10, 100, 1000):
+            results: dict[str, tuple[int, int, float]] = {}
+            for name, factory in (("ours", _ours), ("ref", _reference)):
+                await upstream()
+                credential = factory()
+                start = time.perf_counter()
+                tokens = await asyncio.gather(*(credential.get_token(SCOPE) for _ in range(size)))
+                wall = time.perf_counter() - start
+                await credential.close()
+                results[name] = (await upstream(), len({t.token for t in tokens}), wall)
+            group = f"herd of {size} cold callers, {mode}, SDK {sdk}"
+            rows.append(
+                Row(
+                    group,
+                    "upstream requests",
+                    results["ours"][0],
+                    results["ref"][0],
+                    "",
+                    target="ours == 1" if size == 1000 else "",
+                )
+            )
+            rows.append(Row(group, "distinct tokens", results["ours"][1], results["ref"][1], ""))
+            rows.append(Row(group, "wall time", results["ours"][2], results["ref"][2], "s"))
+            if size == max((1, 10, 100) if quick else (1, 10, 100, 1000)):
+                rows.append(
+                    Row(
+                        group,
+                        "ours: herd wall vs one cold acquisition",
+                        results["ours"][2],
+                        single_cold,
+                        "s",
+                        baseline_name="one cold call",
+                        target="<= 2",
+                    )
+                )
+    return rows
+
+
+async def _memory(mode: str, sdk: str, quick: bool, clear: Callable[[], None]) -> list[Row]:
+    """Bytes retained per credential holding one cached token. Spans already exported to the
+    in-memory exporter are dropped before reading: they are the exporter's, not the credential's."""
+    count = 10 if quick else 50
+    per: dict[str, float] = {}
+    for name, factory in (("ours", _ours), ("ref", _reference)):
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        credentials = []
+        for _ in range(count):
+            credential = factory()
+            await credential.get_token(SCOPE)
+            credentials.append(credential)
+        clear()
+        gc.collect()
+        per[name] = (tracemalloc.get_traced_memory()[0] - before) / count
+        tracemalloc.stop()
+        for credential in credentials:
+            await credential.close()
+    return [
+        Row(
+            f"memory, {mode}, SDK {sdk}",
+            "per credential with one cached token",
+            per["ours"],
+            per["ref"],
+            "B",
+            target="<= 0.10",
+        )
+    ]
+
+
+_IMPORT_PROBE = """
+import sys, time, tracemalloc
+import asyncio  # an async application has its event loop machinery loaded already
+def rss():
+    with open('/proc/self/status') as f:
+        return next(int(l.split()[1]) for l in f if l.startswith('VmRSS')) * 1024
+measure_memory = sys.argv[2] == 'memory'
+if measure_memory:
+    tracemalloc.start()
+r0 = rss(); t0 = time.perf_counter()
+exec(sys.argv[1])
+t1 = time.perf_counter(); r1 = rss()
+traced = tracemalloc.get_traced_memory()[0] if measure_memory else 0
+print(t1 - t0, traced, r1 - r0)
+"""
+
+_IMPORTS = {
+    "ours": "from mi_credential import ManagedIdentityCredential",
+    "ref": "from azure.identity.aio import ManagedIdentityCredential",
+}
+
+
+def _import_cost(quick: bool) -> list[Row]:
+    """Import cost in fresh interpreters, with bytecode compiled (as an installed wheel has it;
+    an editable install under PYTHONDONTWRITEBYTECODE would recompile our sources every time)."""
+    environ = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    for statement in _IMPORTS.values():  # write the bytecode once
+        subprocess.run(
+            [sys.executable, "-c", statement + "; ManagedIdentityCredential()"],
+            env=environ,
+            check=True,
+        )
+    probes = {
+        "import": _IMPORTS,
+        "import + first credential": {
+            name: f"{statement}; ManagedIdentityCredential()"
+            for name, statement in _IMPORTS.items()
+        },
+    }
+    rows = []
+    for label, statements in probes.items():
+        samples: dict[str, dict[str, list[float]]] = {
+            name: {"time": [], "traced": [], "rss": []} for name in statements
+        }
+        for _ in range(3 if quick else 11):
+            for name, statement in statements.items():
+                for kind in ("time", "memory"):
+                    output = subprocess.run(
+                        [sys.executable, "-c", _IMPORT_PROBE, statement, kind],
+                        capture_output=True,
+                        text=True,
+                        check=True,
+                        env=environ,
+                    ).stdout.split()
+                    if kind == "time":
+                        samples[name]["time"].append(float(output[0]))
+                        samples[name]["rss"].append(float(output[2]))
+                    else:
+                        samples[name]["traced"].append(float(output[1]))
+        med = {n: {k: statistics.median(v) for k, v in d.items()} for n, d in samples.items()}
+        group = f"{label} (fresh interpreter, asyncio loaded)"
+        target = "<= 0.50" if label == "import" else ""
+        rows += [
+            Row(group, "time", med["ours"]["time"], med["ref"]["time"], "s", target=target),
+            Row(
+                group,
+                "memory allocated (tracemalloc)",
+                med["ours"]["traced"],
+                med["ref"]["traced"],
+                "B",
+                target=target,
+            ),
+            Row(group, "RSS added", med["ours"]["rss"], med["ref"]["rss"], "B", target=target),
+        ]
+    return rows
+
+
+async def run(quick: bool) -> list[Row]:
+    rows: list[Row] = []
+    with running(LATENCY) as base:
+        modes = {
+            "IMDS": (
+                {"AZURE_POD_IDENTITY_AUTHORITY_HOST": base},
+                base + "/metadata/identity/oauth2/token?api-version=2018-02-01"
+                "&resource=https://storage.azure.com",
+                {"Metadata": "true"},
+            ),
+            "App Service": (
+                {"IDENTITY_ENDPOINT": base + "/msi/token", "IDENTITY_HEADER": SECRET},
+                base + "/msi/token?api-version=2019-08-01&resource=https://storage.azure.com",
+                {"X-IDENTITY-HEADER": SECRET},
+            ),
+        }
+        clear: Callable[[], None] = lambda: None  # noqa: E731
+        for sdk in ("off", "on"):
+            if sdk == "on":
+                clear = _install_sdk()
+            for mode, (environ, url, headers) in modes.items():
+                _use_environment(environ)
+                rows += await _cache_hits(mode, sdk, quick)
+                clear()
+                cold_rows, single_cold = await _cold(mode, sdk, url, headers, quick)
+                rows += cold_rows
+                clear()
+                rows += await _herds(mode, sdk, base, single_cold, quick)
+                clear()
+                rows += await _memory(mode, sdk, quick, clear)
+                clear()
+    rows += _import_cost(quick)
+    return rows
+
+
+if __name__ == "__main__":
+    main(run)
