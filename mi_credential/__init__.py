@@ -5,6 +5,8 @@
 ...     token = await credential.get_token("https://management.azure.com/.default")
 """
 
+import logging
+
 from ._credential import ManagedIdentityCredential
 from ._environment import SourceConfig, detect_source
 from ._errors import (
@@ -15,6 +17,9 @@ from ._errors import (
 )
 from ._models import IdentityKind, ManagedIdentitySource
 from ._version import __version__
+
+# A library's logger stays silent unless the application configures logging.
+logging.getLogger("mi_credential").addHandler(logging.NullHandler())
 
 __all__ = [
     "CredentialUnavailableError",

@@ -1,16 +1,19 @@
 """The ``python -m mi_credential`` / ``mi-credential`` command line.
 
-Exit codes: 0 success; 1 the command ran and found a problem; 2 usage error; 3 a missing optional
-dependency (install the extra the message names).
+Exit codes: 0 success (``doctor``: healthy); 1 the command ran and found a problem (``doctor``:
+unhealthy; ``token``: no token); 2 usage error; 3 a missing optional dependency (install the extra
+the message names).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import sys
 from collections.abc import Sequence
 
+from .._models import ManagedIdentitySource
 from .._version import __version__
 
 EXIT_OK = 0
@@ -18,43 +21,104 @@ EXIT_PROBLEM = 1
 EXIT_USAGE = 2
 EXIT_MISSING_DEPENDENCY = 3
 
+_EXTRA = {"demo": "demo", "emulate": "emulator"}
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mi-credential",
         description="Azure managed identity tokens, with a local emulator of every endpoint.",
-        epilog="Exit codes: 0 ok, 1 problem found, 2 usage error, 3 missing optional dependency.",
+        epilog=(
+            "Exit codes: 0 ok/healthy, 1 problem found, 2 usage error, 3 missing optional "
+            "dependency."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"mi-credential {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
     demo = commands.add_parser(
         "demo",
-        help="acquire tokens through every hosting source against the built-in emulator",
+        help="every integration end to end against the built-in emulator",
         description=(
-            "Start the emulator in-process and acquire a token through each hosting source, "
-            "showing latency, expiry and the cache."
+            "Start the emulator in-process and show the library at work against it: a token "
+            "through each hosting source, with latency, expiry and the cache."
         ),
     )
-    demo.set_defaults(handler=_run_demo)
+    demo.set_defaults(module="_demo")
+
+    token = commands.add_parser(
+        "token",
+        help="get a token from this machine's managed identity and describe it",
+        description=(
+            "Get a token from the real environment and print the source, timing, expiry and "
+            "the non-secret claims (aud, iss, tid, oid, appid, exp). The token itself is "
+            "printed only with --show-token."
+        ),
+    )
+    token.add_argument("--scope", required=True, help="e.g. https://vault.azure.net/.default")
+    who = token.add_mutually_exclusive_group()
+    who.add_argument("--client-id", help="client ID of a user-assigned identity")
+    who.add_argument("--object-id", help="object ID of a user-assigned identity")
+    who.add_argument("--resource-id", help="ARM resource ID of a user-assigned identity")
+    token.add_argument("--show-token", action="store_true", help="print the access token too")
+    token.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
+    token.set_defaults(module="_token")
+
+    doctor = commands.add_parser(
+        "doctor",
+        help="why managed identity does (not) work here",
+        description=(
+            "Show which hosting source would be used and why (every relevant environment "
+            "variable, secrets masked), probe its endpoint with a short timeout, and explain "
+            "what failed. Exit code 0 if a token could be acquired, 1 otherwise."
+        ),
+    )
+    doctor.add_argument(
+        "--scope", default="https://management.azure.com/.default", help="scope to probe with"
+    )
+    doctor.add_argument("--client-id", help="client ID of a user-assigned identity to probe")
+    doctor.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+    doctor.set_defaults(module="_doctor")
+
+    emulate = commands.add_parser(
+        "emulate",
+        help="run the managed identity emulator and print the variables that point to it",
+        description=(
+            "Serve every managed identity endpoint on 127.0.0.1 until interrupted, and print "
+            "the environment variables that make an application (this library or "
+            "azure-identity) use it."
+        ),
+    )
+    emulate.add_argument("--port", type=int, default=0, help="HTTP port (default: any free)")
+    emulate.add_argument("--https-port", type=int, default=0, help="HTTPS port (default: any)")
+    emulate.add_argument(
+        "--source",
+        choices=[s.value for s in ManagedIdentitySource],
+        help="print the variables for this source only",
+    )
+    emulate.add_argument("--token-lifetime", type=int, default=86400, help="seconds")
+    emulate.add_argument("--latency", type=float, default=0.0, help="seconds added per token")
+    emulate.add_argument("--arc-key-dir", help="where Azure Arc challenge key files go")
+    emulate.set_defaults(module="_emulate")
     return parser
-
-
-def _run_demo(args: argparse.Namespace) -> int:
-    try:
-        from ._demo import run
-    except ImportError as exc:
-        print(
-            f"The demo needs the emulator's dependencies ({exc.name} is missing): "
-            'pip install "mi-credential[demo]"',
-            file=sys.stderr,
-        )
-        return EXIT_MISSING_DEPENDENCY
-    return asyncio.run(run(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    code: int = args.handler(args)
+    try:
+        module = importlib.import_module(f"{__name__}.{args.module}")
+    except ImportError as exc:
+        extra = _EXTRA.get(args.command, "emulator")
+        print(
+            f"'{args.command}' needs optional dependencies ({exc.name} is missing): "
+            f'pip install "mi-credential[{extra}]"',
+            file=sys.stderr,
+        )
+        return EXIT_MISSING_DEPENDENCY
+    try:
+        code: int = asyncio.run(module.run(args))
+    except KeyboardInterrupt:
+        return EXIT_PROBLEM
     return code

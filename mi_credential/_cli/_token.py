@@ -1,0 +1,76 @@
+"""``token``: get a token from the real environment and show what it is (not the token itself)."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import json
+import sys
+import time
+from typing import Any
+
+from .._credential import ManagedIdentityCredential
+from .._errors import ManagedIdentityError
+
+#: Claims worth showing: who issued the token, to whom, for what, until when. Not secret.
+SHOWN_CLAIMS = ("aud", "iss", "tid", "oid", "appid", "exp")
+
+
+def decode_claims(token: str) -> dict[str, Any] | None:
+    """The payload of a JWT, unverified (for display only), or ``None`` if it is not one."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    payload = parts[1] + "=" * (-len(parts[1]) % 4)
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload))
+    except (binascii.Error, ValueError):
+        return None
+    return claims if isinstance(claims, dict) else None
+
+
+async def run(args: argparse.Namespace) -> int:
+    identity_config = None
+    if args.object_id:
+        identity_config = {"object_id": args.object_id}
+    elif args.resource_id:
+        identity_config = {"resource_id": args.resource_id}
+    try:
+        credential = ManagedIdentityCredential(
+            client_id=args.client_id, identity_config=identity_config, timeout=args.timeout
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    async with credential:
+        source = credential.source.label if credential.source else "none"
+        start = time.perf_counter()
+        try:
+            info = await credential.get_token_info(args.scope)
+        except (ManagedIdentityError, ValueError) as exc:
+            print(f"source:   {source}", file=sys.stderr)
+            print(f"error:    {exc}", file=sys.stderr)
+            print("hint:     python -m mi_credential doctor", file=sys.stderr)
+            return 1
+        elapsed = time.perf_counter() - start
+    print(f"source:     {source}")
+    print(f"scope:      {args.scope}")
+    print(f"acquired:   in {elapsed * 1000:.0f} ms")
+    print(
+        f"expires:    {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(info.expires_on))}"
+        f" (in {(info.expires_on - time.time()) / 60:.0f} min)"
+    )
+    if info.refresh_on:
+        print(f"refresh at: {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(info.refresh_on))}")
+    print(f"type:       {info.token_type}")
+    claims = decode_claims(info.token)
+    if claims is None:
+        print("claims:     (not a JWT)")
+    else:
+        for name in SHOWN_CLAIMS:
+            if name in claims:
+                print(f"{name + ':':<11} {claims[name]}")
+    if args.show_token:
+        print(f"token:      {info.token}")
+    return 0
