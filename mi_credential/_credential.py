@@ -8,7 +8,6 @@ import asyncio
 import logging
 import os
 import random
-import re
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -38,7 +37,7 @@ from ._models import (
     TokenRequest,
 )
 from ._retry import AttemptOutcome, RetryState, next_delay, parse_retry_after
-from ._sources import Target, TokenSource, create_source
+from ._sources import Target, TokenSource, check_scope, create_source
 from ._transport import Transport, TransportError
 from ._version import __version__
 
@@ -76,9 +75,6 @@ _IGNORED_KWARGS = frozenset(
         "_enable_imds_probe",
     }
 )
-
-#: Whitespace (several scopes in one string) or control characters (header/log injection).
-_UNSAFE_IN_SCOPE = re.compile(r"[\s\x00-\x1f\x7f]")
 
 _NO_SOURCE_MESSAGE = (
     "No managed identity endpoint found: IDENTITY_ENDPOINT is set but neither IDENTITY_HEADER "
@@ -408,13 +404,7 @@ class ManagedIdentityCredential:
         if self._closed:
             raise self._closed_error()
         for scope in scopes:
-            if not isinstance(scope, str) or not scope.strip():
-                raise ValueError("Each scope must be a non-empty string.")
-            if _UNSAFE_IN_SCOPE.search(scope):
-                raise ValueError(
-                    f"Invalid scope {scope!r}: a scope contains no whitespace or control "
-                    "characters (pass several scopes as separate arguments)."
-                )
+            check_scope(scope)
         source = self._source
         if source is None:
             raise CredentialUnavailableError(_NO_SOURCE_MESSAGE)

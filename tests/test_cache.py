@@ -208,12 +208,19 @@ async def test_invalid_scopes_are_value_errors(make_credential: CredentialFactor
     credential = make_credential(S.IMDS)
     for scopes, message in (
         ((), "At least one scope"),
-        (("a", "b"), "exactly one scope"),
+        (("https://a/.default", "https://b/.default"), "exactly one scope"),
+        (("vault",), "expected a resource URI"),
+        (("https://vault.azure.net",), None),
+        (("api://my-app/.default",), None),
+        (("00000003-0000-0000-c000-000000000000/.default",), None),
         (("",), "non-empty string"),
         ((" ",), "non-empty string"),
         (("https://a/.default https://b/.default",), "no whitespace"),
         (("https://a/\r\n.default",), "no whitespace or control characters"),
     ):
+        if message is None:  # valid shapes get a token
+            assert (await credential.get_token(*scopes)).token
+            continue
         with pytest.raises(ValueError, match=message):
             await credential.get_token(*scopes)
 

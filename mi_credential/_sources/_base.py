@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, ClassVar, NamedTuple
@@ -40,6 +41,36 @@ class Target(NamedTuple):
 
     resource: str
     tenant_id: str | None = None
+
+
+#: Whitespace (several scopes in one string) or control characters (header/log injection).
+_UNSAFE_IN_SCOPE = re.compile(r"[\s\x00-\x1f\x7f]")
+#: A URI with a scheme (``https://vault.azure.net/.default``, ``api://app/.default``) or an
+#: application ID (a GUID, optionally followed by ``/.default``).
+_SCOPE_SHAPE = re.compile(
+    r"^(?:[A-Za-z][A-Za-z0-9+.\-]*:.+|[0-9A-Fa-f]{8}(?:-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}(?:/.*)?)$"
+)
+
+
+def check_scope(scope: object) -> None:
+    """Refuse what cannot be a scope, before anything is sent.
+
+    Raises:
+        ValueError: Not a non-empty string, whitespace or control characters inside, or neither
+            a URI nor an application ID.
+    """
+    if not isinstance(scope, str) or not scope.strip():
+        raise ValueError("Each scope must be a non-empty string.")
+    if _UNSAFE_IN_SCOPE.search(scope):
+        raise ValueError(
+            f"Invalid scope {scope!r}: a scope contains no whitespace or control characters "
+            "(pass several scopes as separate arguments)."
+        )
+    if not _SCOPE_SHAPE.match(scope):
+        raise ValueError(
+            f"Invalid scope {scope!r}: expected a resource URI such as "
+            "'https://management.azure.com/.default' or an application ID."
+        )
 
 
 def scope_to_resource(scope: str) -> str:
