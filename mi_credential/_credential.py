@@ -285,7 +285,10 @@ class ManagedIdentityCredential:
             ManagedIdentityError: Any other failure (see the error tree in the README).
         """
         if len(scopes) == 1 and not claims and tenant_id is None:
-            entry = self._hot.get(scopes[0])
+            try:
+                entry = self._hot.get(scopes[0])
+            except TypeError:  # unhashable, so not a scope: _get() raises the ValueError
+                entry = None
             if entry is not None and self._now() < entry.refresh_on:
                 self._counts.hits += 1
                 return entry.access_token
@@ -311,7 +314,10 @@ class ManagedIdentityCredential:
             ManagedIdentityError: Any other failure.
         """
         if not options and len(scopes) == 1:
-            entry = self._hot.get(scopes[0])
+            try:
+                entry = self._hot.get(scopes[0])
+            except TypeError:  # unhashable, so not a scope: _get() raises the ValueError
+                entry = None
             if entry is not None and self._now() < entry.refresh_on:
                 self._counts.hits += 1
                 return entry.info

@@ -4,7 +4,9 @@ after every test over everything logged."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -44,6 +46,38 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     """No managed identity variable of the machine running the tests leaks in."""
     for name in EnvironmentVariables.ALL:
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Fail a test that opens a connection to anything but loopback (such as IMDS at
+    169.254.169.254, which a credential picks when no other source is configured)."""
+    attempts: list[str] = []
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def check(sock: socket.socket, address: Any) -> None:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            host = str(address[0])
+            try:
+                loopback = ipaddress.ip_address(host.split("%")[0]).is_loopback
+            except ValueError:  # a name, not an address
+                loopback = host == "localhost"
+            if not loopback:
+                attempts.append(host)
+                raise ConnectionRefusedError(f"tests connect to loopback only, not {host}")
+
+    def connect(sock: socket.socket, address: Any) -> None:
+        check(sock, address)
+        real_connect(sock, address)
+
+    def connect_ex(sock: socket.socket, address: Any) -> int:
+        check(sock, address)
+        return real_connect_ex(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+    yield attempts
+    assert not attempts, f"a test tried to connect to {attempts}"
 
 
 @pytest.fixture(autouse=True)

@@ -149,3 +149,22 @@ def test_repr_shows_no_secret() -> None:
         "ManagedIdentityCredential(source='app_service', "
         "identity='user-assigned identity client_id=cid')"
     )
+
+
+async def test_unhashable_scopes_are_value_errors(
+    emulator: Emulator, make_credential: CredentialFactory
+) -> None:
+    credential = make_credential(S.IMDS)
+    with pytest.raises(ValueError, match="non-empty string"):
+        await credential.get_token(["https://a/.default"])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="non-empty string"):
+        await credential.get_token_info(["https://a/.default"])  # type: ignore[arg-type]
+
+
+def test_tests_cannot_reach_non_loopback_addresses(loopback_only: list[str]) -> None:
+    import socket
+
+    with socket.socket() as sock, pytest.raises(ConnectionRefusedError, match="loopback only"):
+        sock.connect(("169.254.169.254", 80))
+    assert loopback_only == ["169.254.169.254"]
+    loopback_only.clear()  # expected here; any other test doing this fails

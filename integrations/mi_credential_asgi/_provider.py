@@ -1,0 +1,356 @@
+"""The object request handlers get their tokens from, and the readiness data it keeps."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from azure.core.credentials import AccessTokenInfo, TokenRequestOptions
+from azure.core.credentials_async import AsyncTokenCredential
+from azure.core.exceptions import ClientAuthenticationError
+
+from mi_credential import ManagedIdentityCredential, ManagedIdentityError
+
+_MAX_TRACKED_SCOPES = 256
+"""Readiness keeps the expiry of at most this many distinct scopes (a bound, should a handler
+build scopes from request data); the credential's own cache is unaffected."""
+
+
+def describe_error(exc: BaseException) -> str:
+    """Text about ``exc`` that is safe to log or show.
+
+    mi-credential's own errors are written to be shown: they never contain a token, a secret
+    header or a raw response body. Other credentials' errors may quote response bodies, so only
+    their type is given.
+    """
+    if isinstance(exc, (ManagedIdentityError, TimeoutError)):
+        return f"{type(exc).__name__}: {exc}"
+    return f"{type(exc).__name__} (details withheld: not an mi-credential error)"
+
+
+def validate_scope(scope: object) -> str:
+    """Return ``scope`` if it is one usable scope string.
+
+    Raises:
+        ValueError: ``scope`` is not a non-empty string without whitespace.
+    """
+    if not isinstance(scope, str) or not scope.strip():
+        raise ValueError(f"A scope must be a non-empty string, not {scope!r}.")
+    if any(c.isspace() or ord(c) < 0x20 for c in scope):
+        raise ValueError(
+            f"Invalid scope {scope!r}: a scope contains no whitespace or control characters."
+        )
+    return scope
+
+
+@dataclass(frozen=True)
+class ScopeStatus:
+    """What is known about the token of one scope.
+
+    Attributes:
+        scope: The scope, as handlers ask for it.
+        expires_in: Seconds until the last token obtained for it expires (negative once it has
+            expired), or ``None`` if no token was obtained yet.
+        warm_up: Whether it is one of the scopes warmed at startup, which readiness requires.
+    """
+
+    scope: str
+    expires_in: float | None
+    warm_up: bool
+
+
+@dataclass(frozen=True)
+class ErrorRecord:
+    """The last failure to obtain a token.
+
+    Attributes:
+        scope: The scope that was asked for.
+        type: The exception's class name.
+        message: A description safe to show (see :func:`describe_error`).
+        age: Seconds since it happened.
+    """
+
+    scope: str
+    type: str
+    message: str
+    age: float
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """Whether the application's managed identity can serve the tokens it needs.
+
+    Attributes:
+        ready: The credential found a managed identity source, and every warm-up scope has an
+            unexpired token.
+        source: The hosting source (``"imds"``, ``"app_service"``, ...), ``None`` if none was
+            detected or the credential is not an mi-credential one.
+        credential: The credential's class name.
+        scopes: Every scope asked for so far, warm-up scopes first.
+        last_error: The last failure, if any (kept after later successes; see its ``age``).
+    """
+
+    ready: bool
+    source: str | None
+    credential: str
+    scopes: tuple[ScopeStatus, ...]
+    last_error: ErrorRecord | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable form, as the readiness route returns it.
+
+        Returns:
+            ``ready``, ``source``, ``credential``, ``scopes`` (a list of ``scope``,
+            ``expires_in`` in seconds rounded to milliseconds, ``warm_up``) and ``last_error``.
+        """
+        return {
+            "ready": self.ready,
+            "source": self.source,
+            "credential": self.credential,
+            "scopes": [
+                {
+                    "scope": status.scope,
+                    "expires_in": None
+                    if status.expires_in is None
+                    else round(status.expires_in, 3),
+                    "warm_up": status.warm_up,
+                }
+                for status in self.scopes
+            ],
+            "last_error": None
+            if self.last_error is None
+            else {
+                "scope": self.last_error.scope,
+                "type": self.last_error.type,
+                "message": self.last_error.message,
+                "age": round(self.last_error.age, 3),
+            },
+        }
+
+
+class TokenProvider:
+    """Tokens for request handlers, from the application's one credential.
+
+    :class:`ManagedIdentityMiddleware` publishes one provider as ``request.state.<name>`` (by
+    default ``request.state.managed_identity``). It holds no per-request state: a request that
+    never asks for a token costs nothing here. Each call goes to the credential, whose cache
+    answers without I/O while the token is fresh; the provider only notes the expiry and the
+    last failure, for :meth:`readiness`.
+
+    Args:
+        credential: The credential tokens come from.
+        warmup_scopes: The scopes the application needs; :meth:`readiness` requires a token for
+            each, and :meth:`check` acquires any that is missing.
+        clock: Wall clock, epoch seconds, to compute times to expiry.
+    """
+
+    __slots__ = ("_clock", "_credential", "_expiries", "_last_error", "_warmup_scopes")
+
+    def __init__(
+        self,
+        credential: AsyncTokenCredential,
+        *,
+        warmup_scopes: Sequence[str] = (),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._credential = credential
+        self._warmup_scopes = tuple(validate_scope(s) for s in warmup_scopes)
+        self._clock = clock
+        self._expiries: dict[str, float | None] = {}
+        self._last_error: tuple[str, str, str, float] | None = None
+
+    @property
+    def credential(self) -> AsyncTokenCredential:
+        """The credential, to hand to Azure SDK clients (``credential=...``). Do not close it:
+        the middleware closes the credential it created at shutdown."""
+        return self._credential
+
+    @property
+    def warmup_scopes(self) -> tuple[str, ...]:
+        """The scopes warmed at startup and required for readiness."""
+        return self._warmup_scopes
+
+    async def token(self, scope: str, *, claims: str | None = None) -> str:
+        """An access token for ``scope``, from the cache when it is fresh.
+
+        Args:
+            scope: One scope, such as ``https://vault.azure.net/.default``.
+            claims: Claims from a claims challenge; bypasses the cache once.
+
+        Returns:
+            The token, for an ``Authorization: Bearer`` header.
+
+        Raises:
+            ValueError: ``scope`` is not one scope string.
+            azure.core.exceptions.ClientAuthenticationError: No token could be obtained; with
+                mi-credential a :class:`~mi_credential.ManagedIdentityError` (a
+                :class:`~mi_credential.CredentialUnavailableError` when no identity is
+                available here).
+        """
+        try:
+            if claims:
+                access = await self._credential.get_token(scope, claims=claims)
+            else:
+                access = await self._credential.get_token(scope)
+        except ClientAuthenticationError as exc:
+            self._failed(scope, exc)
+            raise
+        except TypeError:
+            # An unhashable "scope" (a list of scopes) fails in the credential's cache lookup;
+            # say what is wrong instead. Checked here so that the common path pays nothing.
+            validate_scope(scope)
+            raise
+        self._note(scope, access.expires_on)
+        return access.token
+
+    async def token_info(
+        self, scope: str, *, options: TokenRequestOptions | None = None
+    ) -> AccessTokenInfo:
+        """An access token for ``scope`` with its expiry, type and refresh time.
+
+        Args:
+            scope: One scope.
+            options: azure-core token request options (``claims``...).
+
+        Returns:
+            The token and what is known about it.
+
+        Raises:
+            ValueError: ``scope`` is not one scope string.
+            azure.core.exceptions.ClientAuthenticationError: No token could be obtained.
+        """
+        credential: Any = self._credential
+        try:
+            if hasattr(credential, "get_token_info"):
+                info: AccessTokenInfo = await credential.get_token_info(scope, options=options)
+            else:  # an AsyncTokenCredential without the token-info protocol
+                claims = (options or {}).get("claims")
+                access = await self._credential.get_token(scope, claims=claims)
+                info = AccessTokenInfo(access.token, access.expires_on)
+        except ClientAuthenticationError as exc:
+            self._failed(scope, exc)
+            raise
+        except TypeError:
+            validate_scope(scope)
+            raise
+        self._note(scope, info.expires_on)
+        return info
+
+    def readiness(self) -> Readiness:
+        """What is known now, without any I/O.
+
+        Returns:
+            The readiness snapshot; see :class:`Readiness` for what ``ready`` means.
+        """
+        now = self._clock()
+        warm = set(self._warmup_scopes)
+        ordered = [*self._warmup_scopes, *(s for s in self._expiries if s not in warm)]
+        statuses = []
+        for scope in ordered:
+            expires_on = self._expiries.get(scope)
+            statuses.append(
+                ScopeStatus(
+                    scope=scope,
+                    expires_in=None if expires_on is None else expires_on - now,
+                    warm_up=scope in warm,
+                )
+            )
+        source = getattr(self._credential, "source", None)
+        source_name = getattr(source, "value", None)
+        has_source = not (isinstance(self._credential, ManagedIdentityCredential) and not source)
+        ready = has_source and all(
+            s.expires_in is not None and s.expires_in > 0 for s in statuses if s.warm_up
+        )
+        last = self._last_error
+        return Readiness(
+            ready=ready,
+            source=source_name if isinstance(source_name, str) else None,
+            credential=type(self._credential).__name__,
+            scopes=tuple(statuses),
+            last_error=None
+            if last is None
+            else ErrorRecord(scope=last[0], type=last[1], message=last[2], age=now - last[3]),
+        )
+
+    async def check(self, *, timeout: float = 0.5) -> Readiness:
+        """Make sure every warm-up scope has a token, then report readiness.
+
+        A fresh token is a cache hit (no I/O). A missing or expiring one is acquired; if that
+        takes longer than ``timeout``, the check reports what it knows and the acquisition goes
+        on in the background, so the next check finds its result.
+
+        Args:
+            timeout: Seconds to wait for acquisitions (keep it below the probe's own timeout).
+
+        Returns:
+            The readiness snapshot after the attempt.
+        """
+        await self.acquire(self._warmup_scopes, timeout=timeout)
+        return self.readiness()
+
+    async def acquire(
+        self, scopes: Iterable[str], *, timeout: float
+    ) -> dict[str, BaseException]:
+        """Obtain a token for each scope concurrently, waiting at most ``timeout`` seconds.
+
+        Failures are recorded for :meth:`readiness` and returned, not raised. Waiting is what
+        times out, not the acquisition: the credential completes it for whoever asks next.
+
+        Args:
+            scopes: The scopes.
+            timeout: Seconds to wait for all of them.
+
+        Returns:
+            The scopes that failed, with their error (:class:`TimeoutError` for those still
+            pending at the deadline); empty if every scope has a token.
+        """
+        tasks = {asyncio.ensure_future(self.token_info(scope)): scope for scope in scopes}
+        if not tasks:
+            return {}
+        pending: set[asyncio.Future[AccessTokenInfo]] = set(tasks)
+        try:
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+        finally:
+            # Also when this call is cancelled: no waiter outlives it.
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        failures: dict[str, BaseException] = {}
+        for task, scope in tasks.items():
+            if task in pending:
+                error: BaseException = TimeoutError(f"no token within {timeout:g} s")
+                self._failed(scope, error)
+                failures[scope] = error
+            elif task.exception() is not None:
+                exception = task.exception()
+                assert exception is not None
+                if not isinstance(exception, ClientAuthenticationError):
+                    self._failed(scope, exception)
+                failures[scope] = exception
+        return failures
+
+    def _reset(self, credential: AsyncTokenCredential) -> None:
+        """Use ``credential`` from now on and forget what was known about the previous one."""
+        self._credential = credential
+        self._expiries.clear()
+        self._last_error = None
+
+    def __repr__(self) -> str:
+        return (
+            f"TokenProvider(credential={type(self._credential).__name__}, "
+            f"warmup_scopes={list(self._warmup_scopes)!r})"
+        )
+
+    def _note(self, scope: str, expires_on: float) -> None:
+        expiries = self._expiries
+        if scope in expiries or len(expiries) < _MAX_TRACKED_SCOPES:
+            expiries[scope] = expires_on
+
+    def _failed(self, scope: str, exc: BaseException) -> None:
+        expiries = self._expiries
+        if scope not in expiries and len(expiries) < _MAX_TRACKED_SCOPES:
+            expiries[scope] = None
+        self._last_error = (scope, type(exc).__name__, describe_error(exc), self._clock())
