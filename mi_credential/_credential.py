@@ -224,7 +224,9 @@ class ManagedIdentityCredential:
         # keyed by target (resource, tenant). Both point at the same _Entry objects.
         self._hot: dict[str, _Entry] = {}
         self._entries: dict[Target, _Entry] = {}
-        self._inflight: dict[Target, asyncio.Task[_Entry]] = {}
+        # In flight, by (target, claims): claims are part of the key only where the source sends
+        # them (workload identity), so a claims challenge never joins an acquisition without.
+        self._inflight: dict[tuple[Target, str | None], asyncio.Task[_Entry]] = {}
         self._closed = False
 
         # OpenTelemetry is loaded with the first credential, not with the package.
@@ -432,7 +434,7 @@ class ManagedIdentityCredential:
             if now < entry.mandatory_at:
                 # Advisory window: serve the valid token, refresh once in the background.
                 self._counts.stale += 1
-                if now >= entry.next_background_refresh and target not in self._inflight:
+                if now >= entry.next_background_refresh and (target, None) not in self._inflight:
                     entry.next_background_refresh = now + REFRESH_RETRY_BACKOFF
                     self._start(target, None, "proactive", "stale")
                 return entry
@@ -451,7 +453,9 @@ class ManagedIdentityCredential:
     async def _join(self, target: Target, claims: str | None, reason: str) -> _Entry:
         """Wait for the in-flight acquisition of ``target``, starting one if there is none.
         A waiter that is cancelled does not cancel the acquisition the others wait for."""
-        task = self._inflight.get(target)
+        assert self._source is not None
+        key = (target, claims if self._source.sends_claims else None)
+        task = self._inflight.get(key)
         if task is None or task.get_loop() is not asyncio.get_running_loop():
             task = self._start(target, claims, reason, "miss")
         else:
@@ -466,16 +470,18 @@ class ManagedIdentityCredential:
     def _start(
         self, target: Target, claims: str | None, reason: str, cache_result: str
     ) -> asyncio.Task[_Entry]:
+        assert self._source is not None
+        key = (target, claims if self._source.sends_claims else None)
         task = asyncio.get_running_loop().create_task(
             self._acquire(target, claims, reason, cache_result)
         )
-        self._inflight[target] = task
-        task.add_done_callback(partial(self._forget, target))
+        self._inflight[key] = task
+        task.add_done_callback(partial(self._forget, key))
         return task
 
-    def _forget(self, target: Target, task: asyncio.Task[_Entry]) -> None:
-        if self._inflight.get(target) is task:
-            del self._inflight[target]
+    def _forget(self, key: tuple[Target, str | None], task: asyncio.Task[_Entry]) -> None:
+        if self._inflight.get(key) is task:
+            del self._inflight[key]
         if not task.cancelled():
             task.exception()  # retrieved: a failure nobody awaited is not reported as lost
 
@@ -484,39 +490,27 @@ class ManagedIdentityCredential:
     ) -> _Entry:
         source = self._source
         assert source is not None
+        record = self._telemetry.start_acquisition(target.resource, reason, cache_result)
         try:
-            with self._telemetry.acquisition(target.resource, reason, cache_result) as record:
-                assertion = None
-                if source.needs_assertion:
-                    from ._files import read_federated_token
+            assertion = None
+            if source.needs_assertion:
+                from ._files import read_federated_token
 
-                    assert self._config is not None and self._config.token_file is not None
-                    assertion = read_federated_token(self._config.token_file)
-                request = source.build_request(target, claims=claims, assertion=assertion)
-                request = request.with_headers(
-                    ("User-Agent", self._user_agent),
-                    ("x-ms-client-request-id", _request_id()),
-                )
-                async with self._transport.lease():
-                    parsed = await self._send_with_retries(source, request, record)
-        except ManagedIdentityError as exc:
-            entry = self._entries.get(target)
-            if cache_result == "stale" and entry is not None:
-                _logger.warning(
-                    "Background refresh of the token for %s failed; the cached token (valid "
-                    "%.0f s more) is still served and the refresh is retried in %.0f s: %s",
-                    target.resource,
-                    entry.expires_on - self._now(),
-                    REFRESH_RETRY_BACKOFF,
-                    exc,
-                )
-            else:
-                _logger.warning(
-                    "ManagedIdentityCredential could not acquire a token for %s: %s",
-                    target.resource,
-                    exc,
-                )
+                assert self._config is not None and self._config.token_file is not None
+                assertion = read_federated_token(self._config.token_file)
+            request = source.build_request(target, claims=claims, assertion=assertion)
+            request = request.with_headers(
+                ("User-Agent", self._user_agent),
+                ("x-ms-client-request-id", _request_id()),
+            )
+            async with self._transport.lease():
+                parsed = await self._send_with_retries(source, request, record)
+        except BaseException as exc:
+            self._telemetry.finish_acquisition(record, exc)
+            if isinstance(exc, ManagedIdentityError):
+                self._log_failure(target, cache_result, exc)
             raise
+        self._telemetry.finish_acquisition(record, None)
         entry = self._entries.get(target)
         if entry is None:
             entry = self._entries[target] = _Entry(parsed)
@@ -533,6 +527,24 @@ class ManagedIdentityCredential:
         )
         return entry
 
+    def _log_failure(self, target: Target, cache_result: str, error: ManagedIdentityError) -> None:
+        entry = self._entries.get(target)
+        if cache_result == "stale" and entry is not None:
+            _logger.warning(
+                "Background refresh of the token for %s failed; the cached token (valid "
+                "%.0f s more) is still served and the refresh is retried in %.0f s: %s",
+                target.resource,
+                entry.expires_on - self._now(),
+                REFRESH_RETRY_BACKOFF,
+                error,
+            )
+        else:
+            _logger.warning(
+                "ManagedIdentityCredential could not acquire a token for %s: %s",
+                target.resource,
+                error,
+            )
+
     async def _send_with_retries(
         self, source: TokenSource, request: TokenRequest, record: Acquisition
     ) -> ParsedToken:
@@ -544,13 +556,13 @@ class ManagedIdentityCredential:
             record.attempts = state.attempts
             request_time = self._now()
             try:
-                response = await self._send(request, deadline, state.attempts - 1)
+                response = await self._send(request, deadline, state.attempts - 1, record)
                 if response.status == 401 and source.answers_challenges:
                     from ._files import read_arc_key
 
                     key = read_arc_key(source.challenge_path(response))
                     request = source.authorize(request, key)
-                    response = await self._send(request, deadline, state.attempts - 1)
+                    response = await self._send(request, deadline, state.attempts - 1, record)
             except TransportError as exc:
                 if not exc.retryable:
                     raise source.unreachable_error(
@@ -593,18 +605,27 @@ class ManagedIdentityCredential:
                 )
             await self._sleep(delay)
 
-    async def _send(self, request: TokenRequest, deadline: float, resend_count: int) -> RawResponse:
+    async def _send(
+        self, request: TokenRequest, deadline: float, resend_count: int, record: Acquisition
+    ) -> RawResponse:
         remaining = deadline - self._monotonic()
         if remaining <= 0:
             raise TransportError("the deadline passed", retryable=True, timeout=True)
-        with self._telemetry.attempt(request.method, request.url, resend_count) as attempt:
-            try:
-                response = await self._transport.send(request, timeout=remaining)
-            except TransportError as exc:
-                attempt.record_error(type(exc.__cause__).__name__ if exc.__cause__ else "timeout")
-                raise
-            attempt.record_status(response.status)
-            return response
+        telemetry = self._telemetry
+        attempt = telemetry.start_attempt(record, request.method, request.url, resend_count)
+        try:
+            response = await self._transport.send(request, timeout=remaining)
+        except TransportError as exc:
+            cause = exc.__cause__
+            telemetry.finish_attempt(
+                attempt, error_type=type(cause).__name__ if cause else "timeout"
+            )
+            raise
+        except BaseException as exc:
+            telemetry.finish_attempt(attempt, error_type=type(exc).__name__)
+            raise
+        telemetry.finish_attempt(attempt, status=response.status)
+        return response
 
     def _closed_error(self) -> ManagedIdentityError:
         return ManagedIdentityError(

@@ -18,8 +18,7 @@ from __future__ import annotations
 import functools
 import logging
 import weakref
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -217,48 +216,42 @@ def _tracer_for(tracer_provider: trace.TracerProvider | None) -> trace.Tracer:
     return tracer
 
 
+class Acquisition:
+    """One acquisition in progress: its span, the context its attempts are children of, when it
+    started, and how many attempts it made."""
+
+    __slots__ = ("attempts", "attributes", "context", "span", "start")
+
+    def __init__(
+        self, span: trace.Span, context: Any, attributes: dict[str, Any], start: float
+    ) -> None:
+        self.span = span
+        self.context = context
+        self.attributes = attributes
+        self.start = start
+        self.attempts = 0
+
+
 class Attempt:
-    """Records the outcome of one HTTP attempt on its span."""
+    """One HTTP attempt in progress: its span, metric attributes, start, context token."""
 
-    __slots__ = ("attributes", "span")
+    __slots__ = ("attributes", "span", "start", "token")
 
-    def __init__(self, span: trace.Span, attributes: dict[str, Any]) -> None:
+    def __init__(
+        self, span: trace.Span, attributes: dict[str, Any], start: float, token: Any
+    ) -> None:
         self.span = span
         self.attributes = attributes
-
-    def record_status(self, status: int) -> None:
-        self.attributes[HTTP_RESPONSE_STATUS_CODE] = status
-        if status >= 400:
-            self.attributes[ERROR_TYPE] = str(status)
-        try:
-            self.span.set_attribute(HTTP_RESPONSE_STATUS_CODE, status)
-            if status >= 400:
-                self.span.set_attribute(ERROR_TYPE, str(status))
-                self.span.set_status(Status(StatusCode.ERROR))
-        except Exception:  # pragma: no cover - a broken SDK
-            _logger.debug("could not record an HTTP status on a span", exc_info=True)
-
-    def record_error(self, error_type: str) -> None:
-        self.attributes[ERROR_TYPE] = error_type
-        try:
-            self.span.set_attribute(ERROR_TYPE, error_type)
-            self.span.set_status(Status(StatusCode.ERROR))
-        except Exception:  # pragma: no cover - a broken SDK
-            _logger.debug("could not record an error on a span", exc_info=True)
-
-
-class Acquisition:
-    """Records one acquisition on its span."""
-
-    __slots__ = ("attempts", "span")
-
-    def __init__(self, span: trace.Span) -> None:
-        self.span = span
-        self.attempts = 0
+        self.start = start
+        self.token = token
 
 
 class CredentialTelemetry:
     """The tracer and instruments one credential uses.
+
+    Recording is explicit start/finish calls rather than context managers: this is the cold
+    path of every acquisition, and generator-based context managers cost more than the
+    recording itself. Every call is guarded: telemetry never fails an acquisition.
 
     Args:
         subject: The credential, read by the observable instruments (held weakly).
@@ -292,9 +285,8 @@ class CredentialTelemetry:
         self._hub.subjects.add(subject)
         self.counts = self._hub.counts_for(attributes)
 
-    @contextmanager
-    def acquisition(self, resource: str, reason: str, cache_result: str) -> Iterator[Acquisition]:
-        """Span and duration of one acquisition; the body's exception marks both as failed."""
+    def start_acquisition(self, resource: str, reason: str, cache_result: str) -> Acquisition:
+        """Start the INTERNAL span of an acquisition, a child of the caller's current span."""
         attributes = {
             **self.attributes,
             RESOURCE: resource,
@@ -302,95 +294,101 @@ class CredentialTelemetry:
             REFRESH_REASON: reason,
         }
         start = self._monotonic()
-        span = self._start_span(ACQUISITION_SPAN, SpanKind.INTERNAL, attributes)
-        record = Acquisition(span)
-        error_type: str | None = None
         try:
-            with trace.use_span(
-                span, end_on_exit=False, record_exception=False, set_status_on_exception=False
-            ):
-                yield record
-        except BaseException as exc:
-            error_type = type(exc).__name__
-            raise
-        finally:
-            self._finish_acquisition(span, record, attributes, error_type, start)
+            span = self._tracer.start_span(
+                ACQUISITION_SPAN, kind=SpanKind.INTERNAL, attributes=attributes
+            )
+            context = trace.set_span_in_context(span)
+        except Exception:
+            _logger.debug("could not start a span", exc_info=True)
+            span, context = trace.INVALID_SPAN, None
+        return Acquisition(span, context, attributes, start)
 
-    def _finish_acquisition(
-        self,
-        span: trace.Span,
-        record: Acquisition,
-        attributes: dict[str, Any],
-        error_type: str | None,
-        start: float,
-    ) -> None:
+    def finish_acquisition(self, record: Acquisition, error: BaseException | None) -> None:
+        """End the acquisition's span; record its duration and outcome."""
         try:
+            span = record.span
             span.set_attribute(ATTEMPTS, record.attempts)
             metric_attributes = {
-                k: v for k, v in attributes.items() if k not in (RESOURCE, CACHE_RESULT)
+                k: v for k, v in record.attributes.items() if k not in (RESOURCE, CACHE_RESULT)
             }
-            if error_type is not None:
+            if error is not None:
+                error_type = type(error).__name__
                 span.set_attribute(ERROR_TYPE, error_type)
                 span.set_status(Status(StatusCode.ERROR, error_type))
                 metric_attributes[ERROR_TYPE] = error_type
-            metric_attributes[OUTCOME] = "success" if error_type is None else "error"
+            metric_attributes[OUTCOME] = "success" if error is None else "error"
             span.end()
             self._hub.acquisition_duration.record(
-                max(0.0, self._monotonic() - start), metric_attributes
+                max(0.0, self._monotonic() - record.start), metric_attributes
             )
             self._hub.refreshes.add(1, metric_attributes)
         except Exception:
             _logger.debug("could not record an acquisition", exc_info=True)
 
-    @contextmanager
-    def attempt(self, method: str, url: str, resend_count: int) -> Iterator[Attempt]:
-        """CLIENT span and duration of one HTTP attempt, with HTTP auto-instrumentation
-        suppressed inside."""
+    def start_attempt(
+        self, record: Acquisition, method: str, url: str, resend_count: int
+    ) -> Attempt:
+        """Start the CLIENT span of an HTTP attempt and make it current, with HTTP
+        auto-instrumentation suppressed, until :meth:`finish_attempt`."""
         address, port, url_full = _url_facts(url)
         attributes: dict[str, Any] = {
             HTTP_REQUEST_METHOD: method,
             SERVER_ADDRESS: address,
             SERVER_PORT: port,
         }
-        span_attributes: dict[str, Any] = {**attributes, URL_FULL: url_full}
-        if resend_count:
-            span_attributes[HTTP_REQUEST_RESEND_COUNT] = resend_count
-        span = self._start_span(method, SpanKind.CLIENT, span_attributes)
-        record = Attempt(span, attributes)
         start = self._monotonic()
-        token = None
         try:
+            span_attributes: dict[str, Any] = {**attributes, URL_FULL: url_full}
+            if resend_count:
+                span_attributes[HTTP_REQUEST_RESEND_COUNT] = resend_count
+            span = self._tracer.start_span(
+                method, context=record.context, kind=SpanKind.CLIENT, attributes=span_attributes
+            )
             token = otel_context.attach(
                 otel_context.set_value(
-                    SUPPRESS_HTTP_INSTRUMENTATION_KEY, True, trace.set_span_in_context(span)
+                    SUPPRESS_HTTP_INSTRUMENTATION_KEY,
+                    True,
+                    trace.set_span_in_context(span, record.context),
                 )
             )
-        except Exception:  # pragma: no cover - a broken SDK
-            _logger.debug("could not enter the attempt span", exc_info=True)
-        try:
-            yield record
-        finally:
-            try:
-                if token is not None:
-                    otel_context.detach(token)
-                span.end()
-                self._hub.http_duration.record(
-                    max(0.0, self._monotonic() - start), record.attributes
-                )
-            except Exception:
-                _logger.debug("could not record an HTTP attempt", exc_info=True)
-
-    def _start_span(self, name: str, kind: SpanKind, attributes: dict[str, Any]) -> trace.Span:
-        try:
-            return self._tracer.start_span(name, kind=kind, attributes=attributes)
         except Exception:
-            _logger.debug("could not start a span", exc_info=True)
-            return trace.INVALID_SPAN
+            _logger.debug("could not start an attempt span", exc_info=True)
+            return Attempt(trace.INVALID_SPAN, attributes, start, None)
+        return Attempt(span, attributes, start, token)
+
+    def finish_attempt(
+        self, attempt: Attempt, *, status: int | None = None, error_type: str | None = None
+    ) -> None:
+        """End an attempt: its status code or error type, span, and duration."""
+        attributes = attempt.attributes
+        try:
+            if attempt.token is not None:
+                otel_context.detach(attempt.token)
+            span = attempt.span
+            if status is not None:
+                attributes[HTTP_RESPONSE_STATUS_CODE] = status
+                span.set_attribute(HTTP_RESPONSE_STATUS_CODE, status)
+                if status >= 400:
+                    error_type = str(status)
+            if error_type is not None:
+                attributes[ERROR_TYPE] = error_type
+                span.set_attribute(ERROR_TYPE, error_type)
+                span.set_status(Status(StatusCode.ERROR))
+            span.end()
+            self._hub.http_duration.record(max(0.0, self._monotonic() - attempt.start), attributes)
+        except Exception:
+            _logger.debug("could not record an HTTP attempt", exc_info=True)
 
 
-@functools.lru_cache(maxsize=256)
 def _url_facts(url: str) -> tuple[str, int, str]:
-    """``server.address``, ``server.port`` and ``url.full`` (without user information)."""
-    parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return parts.hostname or "", port, redact_url(url)
+    """``server.address``, ``server.port`` and ``url.full``. Endpoint URLs carry no user
+    information (the environment is refused otherwise), so the URL is shown as it is."""
+    address, port = _server_of(url.partition("?")[0])
+    return address, port, url
+
+
+@functools.lru_cache(maxsize=64)
+def _server_of(base_url: str) -> tuple[str, int]:
+    parts = urlsplit(redact_url(base_url))
+    return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)

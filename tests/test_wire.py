@@ -262,3 +262,34 @@ async def test_no_source_is_unavailable_at_token_time() -> None:
     with pytest.raises(CredentialUnavailableError, match="No managed identity endpoint found"):
         await credential.get_token_info(SCOPE)
     await credential.close()
+
+
+async def test_workload_identity_claims_never_join_an_acquisition_without_them(
+    emulator: Emulator, make_credential: CredentialFactory
+) -> None:
+    import asyncio
+
+    emulator.latency = 0.1
+    credential = make_credential(S.WORKLOAD_IDENTITY)
+    plain = asyncio.ensure_future(credential.get_token(SCOPE))
+    await asyncio.sleep(0.02)
+    claims = '{"access_token":{"nbf":{"essential":true,"value":"1700000000"}}}'
+    with_claims = await credential.get_token(SCOPE, claims=claims)
+    await plain
+    sent = [r.form_field("claims") for r in emulator.requests_for(S.WORKLOAD_IDENTITY)]
+    assert sorted(sent, key=str) == sorted([None, claims], key=str)
+    assert emulator.verify(with_claims.token)
+
+
+async def test_managed_identity_claims_join_the_acquisition_in_flight(
+    emulator: Emulator, make_credential: CredentialFactory
+) -> None:
+    import asyncio
+
+    emulator.latency = 0.1
+    credential = make_credential(S.IMDS)
+    plain = asyncio.ensure_future(credential.get_token(SCOPE))
+    await asyncio.sleep(0.02)
+    forced = await credential.get_token(SCOPE, claims='{"x":1}')  # a fresh token is in flight
+    assert forced == await plain
+    assert len(emulator.requests) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -78,6 +79,12 @@ def scope_to_resource(scope: str) -> str:
     return scope[: -len(_DEFAULT_SUFFIX)] if scope.endswith(_DEFAULT_SUFFIX) else scope
 
 
+@functools.lru_cache(maxsize=256)
+def _quote(value: str) -> str:
+    """Percent-encode a query name or value (cached: a credential sends the same few)."""
+    return quote(value, safe="")
+
+
 def build_url(endpoint: str, params: Sequence[tuple[str, str]]) -> str:
     """Append percent-encoded ``params`` to ``endpoint``.
 
@@ -85,14 +92,12 @@ def build_url(endpoint: str, params: Sequence[tuple[str, str]]) -> str:
     names are the same.
     """
     if "?" not in endpoint:
-        return (
-            endpoint + "?" + "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in params)
-        )
+        return endpoint + "?" + "&".join(f"{_quote(k)}={_quote(v)}" for k, v in params)
     parts = urlsplit(endpoint)
     existing = parse_qsl(parts.query, keep_blank_values=True)
     existing_names = {name for name, _ in existing}
     pairs = [(k, v) for k, v in params if k not in existing_names] + existing
-    query = "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in pairs)
+    query = "&".join(f"{_quote(k)}={_quote(v)}" for k, v in pairs)
     return urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
 
 
@@ -200,6 +205,9 @@ class TokenSource:
     kind: ClassVar[ManagedIdentitySource]
     retry_policy: ClassVar[RetryPolicy] = DEFAULT_RETRY_POLICY
     needs_assertion: ClassVar[bool] = False
+    """Whether requests carry a federated token read from a file (workload identity)."""
+    sends_claims: ClassVar[bool] = False
+    """Whether ``claims`` are sent to the endpoint (elsewhere they only bypass the cache)."""
 
     def __init__(self, config: SourceConfig, identity: Identity) -> None:
         self.config = config

@@ -19,6 +19,7 @@ from ._base import Target, TokenSource
 class WorkloadIdentitySource(TokenSource):
     kind = ManagedIdentitySource.WORKLOAD_IDENTITY
     needs_assertion = True
+    sends_claims = True
 
     def __init__(
         self,
