@@ -46,6 +46,8 @@ class BearerTokenPolicy(AsyncHTTPPolicy[HTTPRequestType, AsyncHTTPResponseType])
 
     - Only ``https`` URLs get a token (``ServiceRequestError`` otherwise), unless the request
       is sent with ``enforce_https=False``.
+    - A request that azure-core's redirect policy sent on to another domain gets no token (where
+      azure-core's policy signs it and relies on ``SensitiveHeaderCleanupPolicy`` to strip it).
     - A 401 whose ``WWW-Authenticate`` is a claims challenge (``error="insufficient_claims"``)
       leads to one token request with those claims (which bypasses the credential's cache) and
       one retry; whatever the retry answers is returned.
@@ -148,6 +150,11 @@ class BearerTokenPolicy(AsyncHTTPPolicy[HTTPRequestType, AsyncHTTPResponseType])
             ServiceRequestError: The URL is not https and ``enforce_https`` is not ``False``.
         """
         _enforce_https(request)
+        if request.context.get("insecure_domain_change"):
+            # azure-core's redirect policy followed a redirect to another domain: no token goes
+            # there, even in a pipeline without azure-core's SensitiveHeaderCleanupPolicy.
+            cast(Any, request.http_request).headers.pop("Authorization", None)
+            return
         if self._has_token_info:
             info = await cast(AsyncSupportsTokenInfo, self._credential).get_token_info(
                 *self._scopes, options=self._options
