@@ -329,8 +329,8 @@ class CredentialTelemetry:
     def start_attempt(
         self, record: Acquisition, method: str, url: str, resend_count: int
     ) -> Attempt:
-        """Start the CLIENT span of an HTTP attempt and make it current, with HTTP
-        auto-instrumentation suppressed, until :meth:`finish_attempt`."""
+        """Start the CLIENT span of an HTTP attempt (a child of the acquisition's) and suppress
+        HTTP auto-instrumentation until :meth:`finish_attempt`."""
         address, port, url_full = _url_facts(url)
         attributes: dict[str, Any] = {
             HTTP_REQUEST_METHOD: method,
@@ -345,12 +345,11 @@ class CredentialTelemetry:
             span = self._tracer.start_span(
                 method, context=record.context, kind=SpanKind.CLIENT, attributes=span_attributes
             )
+            # Only the suppression flag is made current, not the span: aiohttp's timer handles
+            # copy the context and keep it until they expire, and a span kept there would
+            # outlive the request by the read timeout.
             token = otel_context.attach(
-                otel_context.set_value(
-                    SUPPRESS_HTTP_INSTRUMENTATION_KEY,
-                    True,
-                    trace.set_span_in_context(span, record.context),
-                )
+                otel_context.set_value(SUPPRESS_HTTP_INSTRUMENTATION_KEY, True)
             )
         except Exception:
             _logger.debug("could not start an attempt span", exc_info=True)
