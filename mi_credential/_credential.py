@@ -113,6 +113,17 @@ class _Entry:
         self.next_background_refresh = 0.0
 
 
+class _Flight:
+    """An acquisition in flight and the futures of the callers waiting for it."""
+
+    __slots__ = ("scope", "task", "waiters")
+
+    def __init__(self, task: asyncio.Task[_Entry]) -> None:
+        self.task = task
+        self.waiters: list[asyncio.Future[_Entry]] = []
+        self.scope: str | None = None
+
+
 class ManagedIdentityCredential:
     """Authenticates with an Azure managed identity, in every hosting environment.
 
@@ -226,7 +237,10 @@ class ManagedIdentityCredential:
         self._entries: dict[Target, _Entry] = {}
         # In flight, by (target, claims): claims are part of the key only where the source sends
         # them (workload identity), so a claims challenge never joins an acquisition without.
-        self._inflight: dict[tuple[Target, str | None], asyncio.Task[_Entry]] = {}
+        self._inflight: dict[tuple[Target, str | None], _Flight] = {}
+        # The first acquisition of a scope string, for the fast path of the callers that follow
+        # (a cold start's herd waits on it without repeating the first caller's validation).
+        self._pending: dict[str, _Flight] = {}
         self._closed = False
 
         # OpenTelemetry is loaded with the first credential, not with the package.
@@ -289,11 +303,14 @@ class ManagedIdentityCredential:
         if len(scopes) == 1 and not claims and tenant_id is None:
             try:
                 entry = self._hot.get(scopes[0])
+                pending = None if entry is not None else self._pending.get(scopes[0])
             except TypeError:  # unhashable, so not a scope: _get() raises the ValueError
-                entry = None
+                entry = pending = None
             if entry is not None and self._now() < entry.refresh_on:
                 self._counts.hits += 1
                 return entry.access_token
+            if pending is not None:  # the first token for this scope is on its way
+                return (await self._wait(pending, coalesced=True)).access_token
         entry = await self._get(scopes, claims, tenant_id, enable_cae, "get_token")
         return entry.access_token
 
@@ -318,11 +335,14 @@ class ManagedIdentityCredential:
         if not options and len(scopes) == 1:
             try:
                 entry = self._hot.get(scopes[0])
+                pending = None if entry is not None else self._pending.get(scopes[0])
             except TypeError:  # unhashable, so not a scope: _get() raises the ValueError
-                entry = None
+                entry = pending = None
             if entry is not None and self._now() < entry.refresh_on:
                 self._counts.hits += 1
                 return entry.info
+            if pending is not None:  # the first token for this scope is on its way
+                return (await self._wait(pending, coalesced=True)).info
         options = options or {}
         entry = await self._get(
             scopes,
@@ -341,8 +361,9 @@ class ManagedIdentityCredential:
         self._closed = True
         self._hot.clear()
         self._entries.clear()
-        tasks = [t for t in self._inflight.values() if not t.done()]
+        tasks = [f.task for f in self._inflight.values() if not f.task.done()]
         self._inflight.clear()
+        self._pending.clear()
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # pragma: no cover - close() is always awaited in a loop
@@ -382,7 +403,7 @@ class ManagedIdentityCredential:
         now = self._now()
         common = self._telemetry.attributes
         for target, entry in list(self._entries.items()):
-            yield entry.expires_on - now, {**common, RESOURCE_ATTRIBUTE: target.resource}
+            yield entry.expires_on - now, {**common, RESOURCE_ATTRIBUTE: target.label}
 
     # -- acquisition ----------------------------------------------------------------------------
 
@@ -440,57 +461,86 @@ class ManagedIdentityCredential:
                 return entry
 
         reason = "claims" if claims else ("initial" if entry is None else "expired")
-        self._counts.misses += 1
-        try:
-            entry = await self._join(target, claims, reason)
-        except BaseException:
-            self._counts.miss_errors += 1
-            raise
+        first = entry is None and not claims
+        entry = await self._join(target, claims, reason, hot_key if first else None)
         if hot_key is not None:
             self._hot[hot_key] = entry
         return entry
 
-    async def _join(self, target: Target, claims: str | None, reason: str) -> _Entry:
+    async def _join(
+        self, target: Target, claims: str | None, reason: str, scope: str | None
+    ) -> _Entry:
         """Wait for the in-flight acquisition of ``target``, starting one if there is none.
-        A waiter that is cancelled does not cancel the acquisition the others wait for."""
+
+        ``scope``, for the first acquisition of a single-scope target, publishes it for the
+        callers that follow with the same scope string (:attr:`_pending`)."""
         assert self._source is not None
         key = (target, claims if self._source.sends_claims else None)
-        task = self._inflight.get(key)
-        if task is None or task.get_loop() is not asyncio.get_running_loop():
-            task = self._start(target, claims, reason, "miss")
-        else:
-            self._counts.coalesced += 1
+        flight = self._inflight.get(key)
+        if flight is None or flight.task.get_loop() is not asyncio.get_running_loop():
+            flight = self._start(target, claims, reason, "miss")
+            if scope is not None:
+                self._pending[scope] = flight
+                flight.scope = scope
+            return await self._wait(flight, coalesced=False)
+        return await self._wait(flight, coalesced=True)
+
+    async def _wait(self, flight: _Flight, *, coalesced: bool) -> _Entry:
+        """Wait for an acquisition on a future of this caller's own: a caller that is cancelled
+        cancels its future, never the acquisition the others wait for."""
+        counts = self._counts
+        counts.misses += 1
+        if coalesced:
+            counts.coalesced += 1
+        waiter: asyncio.Future[_Entry] = asyncio.get_running_loop().create_future()
+        flight.waiters.append(waiter)
         try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if task.cancelled() and self._closed and not _cancelling():
-                raise self._closed_error() from None
+            return await waiter
+        except BaseException:
+            counts.miss_errors += 1
             raise
 
-    def _start(
-        self, target: Target, claims: str | None, reason: str, cache_result: str
-    ) -> asyncio.Task[_Entry]:
+    def _start(self, target: Target, claims: str | None, reason: str, cache_result: str) -> _Flight:
         assert self._source is not None
         key = (target, claims if self._source.sends_claims else None)
         task = asyncio.get_running_loop().create_task(
             self._acquire(target, claims, reason, cache_result)
         )
-        self._inflight[key] = task
-        task.add_done_callback(partial(self._forget, key))
-        return task
+        flight = self._inflight[key] = _Flight(task)
+        task.add_done_callback(partial(self._land, key, flight))
+        return flight
 
-    def _forget(self, key: tuple[Target, str | None], task: asyncio.Task[_Entry]) -> None:
-        if self._inflight.get(key) is task:
+    def _land(
+        self, key: tuple[Target, str | None], flight: _Flight, task: asyncio.Task[_Entry]
+    ) -> None:
+        """The acquisition ended: forget it and hand its outcome to every waiter."""
+        if self._inflight.get(key) is flight:
             del self._inflight[key]
-        if not task.cancelled():
-            task.exception()  # retrieved: a failure nobody awaited is not reported as lost
+        if flight.scope is not None and self._pending.get(flight.scope) is flight:
+            del self._pending[flight.scope]
+        waiters, flight.waiters = flight.waiters, []
+        if task.cancelled():
+            for waiter in waiters:
+                if not waiter.done():
+                    if self._closed:
+                        waiter.set_exception(self._closed_error())
+                    else:
+                        waiter.cancel()
+            return
+        error = task.exception()  # retrieved: a failure nobody awaited is not reported lost
+        for waiter in waiters:
+            if not waiter.done():
+                if error is not None:
+                    waiter.set_exception(error)
+                else:
+                    waiter.set_result(task.result())
 
     async def _acquire(
         self, target: Target, claims: str | None, reason: str, cache_result: str
     ) -> _Entry:
         source = self._source
         assert source is not None
-        record = self._telemetry.start_acquisition(target.resource, reason, cache_result)
+        record = self._telemetry.start_acquisition(target.label, reason, cache_result)
         try:
             assertion = None
             if source.needs_assertion:
@@ -519,7 +569,7 @@ class ManagedIdentityCredential:
         _logger.debug(
             "ManagedIdentityCredential acquired a token for %s (expires in %.0f s, refresh in "
             "%.0f s, %d attempt(s), reason: %s)",
-            target.resource,
+            target.label,
             parsed.expires_on - self._now(),
             parsed.refresh_on - self._now(),
             record.attempts,
@@ -533,7 +583,7 @@ class ManagedIdentityCredential:
             _logger.warning(
                 "Background refresh of the token for %s failed; the cached token (valid "
                 "%.0f s more) is still served and the refresh is retried in %.0f s: %s",
-                target.resource,
+                target.label,
                 entry.expires_on - self._now(),
                 REFRESH_RETRY_BACKOFF,
                 error,
@@ -541,7 +591,7 @@ class ManagedIdentityCredential:
         else:
             _logger.warning(
                 "ManagedIdentityCredential could not acquire a token for %s: %s",
-                target.resource,
+                target.label,
                 error,
             )
 
@@ -632,13 +682,6 @@ class ManagedIdentityCredential:
             "This ManagedIdentityCredential is closed; create a new one.",
             source=self.source,
         )
-
-
-def _cancelling() -> bool:
-    """Whether the current task is being cancelled (Python 3.11+; assumed not on 3.10)."""
-    task = asyncio.current_task()
-    cancelling = getattr(task, "cancelling", None)
-    return bool(cancelling()) if cancelling is not None else False
 
 
 _BASE_USER_AGENT = (

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
@@ -107,7 +108,10 @@ class _MeterHub:
         meter = metrics.get_meter(
             INSTRUMENTATION_SCOPE, __version__, meter_provider, schema_url=SCHEMA_URL
         )
-        self.subjects: weakref.WeakSet[Any] = weakref.WeakSet()
+        # Metric readers may collect from their own thread (periodic exporters, Prometheus's
+        # HTTP server) while credentials are created on the event loop's.
+        self._lock = threading.Lock()
+        self._subjects: weakref.WeakSet[Any] = weakref.WeakSet()
         self.counts: dict[tuple[tuple[str, str], ...], RequestCounts] = {}
         self.acquisition_duration = meter.create_histogram(
             ACQUISITION_DURATION,
@@ -145,16 +149,23 @@ class _MeterHub:
             description="Seconds until each cached token expires.",
         )
 
-    def counts_for(self, attributes: dict[str, str]) -> RequestCounts:
+    def register(self, subject: TelemetrySubject, attributes: dict[str, str]) -> RequestCounts:
+        """Watch ``subject`` for the gauge; return the counters for ``attributes``."""
         key = tuple(sorted(attributes.items()))
-        counts = self.counts.get(key)
-        if counts is None:
-            counts = self.counts[key] = RequestCounts(dict(attributes))
+        with self._lock:
+            self._subjects.add(subject)
+            counts = self.counts.get(key)
+            if counts is None:
+                counts = self.counts[key] = RequestCounts(dict(attributes))
         return counts
+
+    def _snapshot(self) -> tuple[list[RequestCounts], list[Any]]:
+        with self._lock:
+            return list(self.counts.values()), list(self._subjects)
 
     def _observe_requests(self, options: CallbackOptions) -> Iterable[Observation]:
         observations = []
-        for counts in list(self.counts.values()):
+        for counts in self._snapshot()[0]:
             for result, outcome, value in (
                 ("hit", "success", counts.hits),
                 ("stale", "success", counts.stale),
@@ -166,12 +177,12 @@ class _MeterHub:
         return observations
 
     def _observe_coalesced(self, options: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(c.coalesced, c.attributes) for c in list(self.counts.values())]
+        return [Observation(c.coalesced, c.attributes) for c in self._snapshot()[0]]
 
     def _observe_expiry(self, options: CallbackOptions) -> Iterable[Observation]:
         # Credentials with the same source, identity and resource report the soonest expiry.
         soonest: dict[tuple[tuple[str, str], ...], tuple[float, dict[str, str]]] = {}
-        for subject in list(self.subjects):
+        for subject in self._snapshot()[1]:
             for value, attributes in subject.telemetry_expiries():
                 key = tuple(sorted(attributes.items()))
                 if key not in soonest or value < soonest[key][0]:
@@ -282,8 +293,7 @@ class CredentialTelemetry:
         except Exception:
             _logger.warning("OpenTelemetry metrics are disabled: the meter provider failed")
             self._hub = _MeterHub(metrics.NoOpMeterProvider())
-        self._hub.subjects.add(subject)
-        self.counts = self._hub.counts_for(attributes)
+        self.counts = self._hub.register(subject, attributes)
 
     def start_acquisition(self, resource: str, reason: str, cache_result: str) -> Acquisition:
         """Start the INTERNAL span of an acquisition, a child of the caller's current span."""

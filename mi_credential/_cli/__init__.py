@@ -12,6 +12,7 @@ import asyncio
 import importlib
 import sys
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 from .._models import ManagedIdentitySource
 from .._version import __version__
@@ -22,6 +23,33 @@ EXIT_USAGE = 2
 EXIT_MISSING_DEPENDENCY = 3
 
 _EXTRA = {"demo": "demo", "emulate": "emulator"}
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"not an http(s) URL: {value!r}")
+    return value.rstrip("/")
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port number (0 to 65535): {value!r}")
+    return port
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {value!r}")
+    return seconds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,9 +68,36 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="every integration end to end against the built-in emulator",
         description=(
-            "Start the emulator in-process and show the library at work against it: a token "
-            "through each hosting source, with latency, expiry and the cache."
+            "Start the emulator in-process and show the library at work against it: the "
+            "credential through each hosting source; a FastAPI app (ManagedIdentityMiddleware, "
+            "served by uvicorn) calling a protected API through the aiohttp middleware; an "
+            "azure-core pipeline client with BearerTokenPolicy. Then report acquisition latency "
+            "per source, the cache hit ratio, the span tree and the metric values. No token or "
+            "secret is printed. Exit code 0 if every step worked, 1 if one failed (or the OTLP "
+            "export did), 3 if an exporter an option needs is not installed."
         ),
+    )
+    demo.add_argument(
+        "--otlp",
+        metavar="ENDPOINT",
+        type=_http_url,
+        help="also send the spans and metrics over OTLP/HTTP to this collector, such as "
+        "http://localhost:4318 (see samples/observability)",
+    )
+    demo.add_argument(
+        "--prometheus-port",
+        metavar="PORT",
+        type=_port,
+        help="serve the metrics in the Prometheus exposition format at "
+        "http://127.0.0.1:PORT/metrics while the demo runs (0: any free port)",
+    )
+    demo.add_argument(
+        "--hold",
+        metavar="SECONDS",
+        type=_seconds,
+        default=0.0,
+        help="after the report, keep everything running for SECONDS with a round of calls "
+        "every second, for scrapes and dashboards (Ctrl-C ends it)",
     )
     demo.set_defaults(module="_demo")
 

@@ -43,6 +43,12 @@ class Target(NamedTuple):
     resource: str
     tenant_id: str | None = None
 
+    @property
+    def label(self) -> str:
+        """The resource for logs and telemetry: scopes are shown as resources, so a resource
+        reads the same whichever source it came from."""
+        return " ".join(scope_to_resource(part) for part in self.resource.split(" "))
+
 
 #: Whitespace (several scopes in one string) or control characters (header/log injection).
 _UNSAFE_IN_SCOPE = re.compile(r"[\s\x00-\x1f\x7f]")
