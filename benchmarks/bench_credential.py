@@ -253,7 +253,37 @@ async def _herds(mode: str, sdk: str, base: str, single_cold: float, quick: bool
                         target="<= 2",
                     )
                 )
+                rows.append(
+                    Row(
+                        group,
+                        f"asyncio alone: gather {size} tasks awaiting one future",
+                        await _gather_floor(size),
+                        single_cold,
+                        "s",
+                        baseline_name="one cold call",
+                    )
+                )
     return rows
+
+
+async def _gather_floor(size: int) -> float:
+    """What asyncio itself costs for a herd: gathering ``size`` tasks that await one future
+    resolved a moment later (best of five)."""
+    loop = asyncio.get_running_loop()
+
+    async def wait(future: asyncio.Future[None]) -> None:
+        await future
+
+    best = float("inf")
+    for _ in range(5):
+        future: asyncio.Future[None] = loop.create_future()
+        start = time.perf_counter()
+        herd = asyncio.gather(*(wait(future) for _ in range(size)))
+        await asyncio.sleep(0)
+        future.set_result(None)
+        await herd
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 async def _memory(mode: str, sdk: str, quick: bool, clear: Callable[[], None]) -> list[Row]:
