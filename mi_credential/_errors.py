@@ -21,7 +21,9 @@ any, is chained as ``__cause__``.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterable
+from typing import Any
 
 from azure.core.exceptions import ClientAuthenticationError
 
@@ -89,8 +91,38 @@ class CredentialUnavailableError(ManagedIdentityError):
     """Managed identity is not available here: no source was detected, its endpoint did not
     answer, or the requested identity is not assigned to this resource.
 
-    Credential chains treat this as "try the next credential".
+    Credential chains treat this as "try the next credential". azure-identity's
+    ``ChainedTokenCredential`` moves on only for its own ``CredentialUnavailableError``: when
+    azure-identity is loaded, this error is an instance of that class too, so a chain such as
+    ``ChainedTokenCredential(ManagedIdentityCredential(), AzureCliCredential())`` falls through
+    as it does with azure-identity's credential. azure-identity is never imported here.
     """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> CredentialUnavailableError:
+        if cls is CredentialUnavailableError:
+            cls = _chain_compatible_class() or cls
+        return super().__new__(cls, *args, **kwargs)
+
+
+_CHAIN_COMPATIBLE: dict[type[BaseException], type[CredentialUnavailableError]] = {}
+
+
+def _chain_compatible_class() -> type[CredentialUnavailableError] | None:
+    """A subclass that is also azure-identity's ``CredentialUnavailableError``, if azure-identity
+    has been imported by the application."""
+    identity = sys.modules.get("azure.identity")
+    theirs = getattr(identity, "CredentialUnavailableError", None) if identity else None
+    if not isinstance(theirs, type) or not issubclass(theirs, ClientAuthenticationError):
+        return None
+    compatible = _CHAIN_COMPATIBLE.get(theirs)
+    if compatible is None:
+        compatible = type(
+            "CredentialUnavailableError",
+            (CredentialUnavailableError, theirs),
+            {"__module__": __name__, "__qualname__": "CredentialUnavailableError"},
+        )
+        _CHAIN_COMPATIBLE[theirs] = compatible
+    return compatible
 
 
 class TokenRequestError(ManagedIdentityError):
