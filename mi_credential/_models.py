@@ -153,7 +153,8 @@ _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 
 class RawResponse(NamedTuple):
-    """What came back: status, headers (names lower-cased), and the body bytes."""
+    """What came back: status, headers (looked up by lower-case name; the transport passes
+    aiohttp's case-insensitive mapping), and the body bytes."""
 
     status: int
     reason: str = ""

@@ -265,7 +265,7 @@ class Transport:
                 return RawResponse(
                     status=response.status,
                     reason=response.reason or "",
-                    headers={k.lower(): v for k, v in response.headers.items()},
+                    headers=response.headers,  # case-insensitive, immutable
                     body=body,
                     truncated=truncated,
                 )
@@ -308,9 +308,11 @@ class Transport:
 
 async def _read_bounded(response: aiohttp.ClientResponse) -> tuple[bytes, bool]:
     length = response.content_length
-    if length is not None and length > MAX_RESPONSE_BYTES:
-        response.close()
-        return b"", True
+    if length is not None:
+        if length > MAX_RESPONSE_BYTES:
+            response.close()
+            return b"", True
+        return await response.read(), False  # the length is known and small
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.content.iter_chunked(64 * 1024):
