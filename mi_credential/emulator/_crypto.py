@@ -19,7 +19,7 @@ from cryptography.x509.oid import NameOID
 
 @dataclass(frozen=True)
 class TlsMaterial:
-    """A CA and a server certificate for 127.0.0.1 / localhost it signed (PEM)."""
+    """A CA and a server certificate it signed (PEM)."""
 
     ca_pem: bytes
     cert_pem: bytes
@@ -34,9 +34,10 @@ def signing_key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
-@functools.lru_cache(maxsize=1)
-def tls_material() -> TlsMaterial:
-    """A CA and a server certificate valid for ten years (one per process)."""
+@functools.lru_cache(maxsize=8)
+def tls_material(dns_names: tuple[str, ...] = ("localhost",)) -> TlsMaterial:
+    """A CA and a server certificate it signed for ``dns_names``, 127.0.0.1 and ::1, valid for
+    ten years (one per set of names per process: key generation is slow)."""
     now = datetime.datetime.now(datetime.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mi-credential emulator CA")])
@@ -71,7 +72,7 @@ def tls_material() -> TlsMaterial:
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0])]))
         .issuer_name(ca_name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -79,8 +80,8 @@ def tls_material() -> TlsMaterial:
         .not_valid_after(now + datetime.timedelta(days=3650))
         .add_extension(
             x509.SubjectAlternativeName(
-                [
-                    x509.DNSName("localhost"),
+                [x509.DNSName(name) for name in dns_names]
+                + [
                     x509.IPAddress(ipaddress.IPv4Address("127.0.0.1")),
                     x509.IPAddress(ipaddress.IPv6Address("::1")),
                 ]
