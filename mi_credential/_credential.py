@@ -660,7 +660,7 @@ class ManagedIdentityCredential:
     ) -> RawResponse:
         remaining = deadline - self._monotonic()
         if remaining <= 0:
-            raise TransportError("the deadline passed", retryable=True, timeout=True)
+            raise TransportError("the deadline passed", retryable=True)
         telemetry = self._telemetry
         attempt = telemetry.start_attempt(record, request.method, request.url, resend_count)
         try:

@@ -113,13 +113,6 @@ class TokenRequest(NamedTuple):
         kept = tuple((k, v) for k, v in self.headers if k.lower() not in names)
         return self._replace(headers=kept + headers)
 
-    def header(self, name: str) -> str | None:
-        lower = name.lower()
-        for key, value in self.headers:
-            if key.lower() == lower:
-                return value
-        return None
-
     def __repr__(self) -> str:
         headers = tuple(
             (k, "****" if k.lower() in self.secret_headers else v) for k, v in self.headers

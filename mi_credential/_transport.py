@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import weakref
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote_plus
@@ -36,14 +36,12 @@ class TransportError(Exception):
     Attributes:
         description: What happened, safe to show (no secrets).
         retryable: Whether another attempt may succeed.
-        timeout: Whether it was a timeout.
     """
 
-    def __init__(self, description: str, *, retryable: bool, timeout: bool = False) -> None:
+    def __init__(self, description: str, *, retryable: bool) -> None:
         super().__init__(description)
         self.description = description
         self.retryable = retryable
-        self.timeout = timeout
 
 
 @functools.lru_cache(maxsize=1)
@@ -214,15 +212,12 @@ class Transport:
             )
         return self._ssl
 
-    async def send(
-        self, request: TokenRequest, *, timeout: float, headers: Mapping[str, str] | None = None
-    ) -> RawResponse:
+    async def send(self, request: TokenRequest, *, timeout: float) -> RawResponse:
         """Send ``request``, read at most :data:`MAX_RESPONSE_BYTES` of the body.
 
         Args:
             request: What to send.
             timeout: Seconds this attempt may take in all (the rest of the deadline).
-            headers: Extra headers that are not part of the request value (tracing context).
 
         Raises:
             TransportError: No usable response.
@@ -232,8 +227,6 @@ class Transport:
 
         session = self._get_session()
         request_headers = dict(request.headers)
-        if headers:
-            request_headers.update(headers)
         data: str | None = None
         if request.form is not None:
             data = "&".join(f"{quote_plus(k)}={quote_plus(v)}" for k, v in request.form)
@@ -284,7 +277,7 @@ class Transport:
         except aiohttp.ClientConnectorError as exc:
             raise TransportError(f"connection failed: {_reason(exc)}", retryable=True) from exc
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise TransportError("timed out", retryable=True, timeout=True) from exc
+            raise TransportError("timed out", retryable=True) from exc
         except aiohttp.ServerDisconnectedError as exc:
             raise TransportError(
                 "the server closed the connection without answering", retryable=True
