@@ -3,12 +3,14 @@
     python -m benchmarks              # everything (several minutes)
     python -m benchmarks --quick      # a smoke run
     python -m benchmarks credential aiohttp   # some of them
+    python -m benchmarks --json out.json      # the JSON elsewhere than results/latest.json
 
 Needs the ``bench`` extra (azure-identity, the reference): ``pip install -e ".[bench]"``.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import importlib
 import os
@@ -29,14 +31,24 @@ async def run_all(names: list[str], quick: bool) -> list[Row]:
 
 
 def main() -> None:
-    arguments = [a for a in sys.argv[1:] if not a.startswith("--")]
-    quick = "--quick" in sys.argv
-    names = [n for n in arguments if n in MODULES] or list(MODULES)
-    rows = asyncio.run(run_all(names, quick))
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description="Benchmarks against azure-identity."
+    )
+    parser.add_argument("names", nargs="*", metavar="NAME", help=", ".join(MODULES))
+    parser.add_argument("--quick", action="store_true", help="a smoke run: fewer, shorter rounds")
+    parser.add_argument(
+        "--json",
+        default=os.path.join(os.path.dirname(__file__), "results", "latest.json"),
+        help="where to write the figures (default: benchmarks/results/latest.json)",
+    )
+    options = parser.parse_args()
+    unknown = sorted(set(options.names) - set(MODULES))
+    if unknown:
+        parser.error(f"unknown benchmark {', '.join(unknown)} (choose from {', '.join(MODULES)})")
+    rows = asyncio.run(run_all(options.names or list(MODULES), options.quick))
     print_table(rows)
-    directory = os.path.join(os.path.dirname(__file__), "results")
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, "latest.json")
+    path = options.json
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     write_json(rows, path)
     print(f"\nfigures written to {path}")
 

@@ -70,7 +70,7 @@ async def serve(latency: float) -> None:
     await site.start()
     server = site._server
     assert server is not None
-    port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
     print(f"PORT {port}", flush=True)
     await asyncio.Event().wait()
 

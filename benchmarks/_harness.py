@@ -14,7 +14,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -114,7 +114,7 @@ def write_json(rows: list[Row], path: str) -> None:
         json.dump(payload, handle, indent=2)
 
 
-def main(run: Callable[[bool], Awaitable[list[Row]]]) -> None:
+def main(run: Callable[[bool], Coroutine[Any, Any, list[Row]]]) -> None:
     """Entry point for one benchmark module: ``--quick`` for a fast smoke run."""
     quick = "--quick" in sys.argv
     rows = asyncio.run(run(quick))

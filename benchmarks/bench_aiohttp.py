@@ -1,11 +1,13 @@
 """The signing middleware's cost on a small GET, with the token cached.
 
-The same GET goes to one loopback server through three sessions: a bare session (the
-baseline), a session with ``BearerTokenMiddleware`` over a warm ``ManagedIdentityCredential``,
-and a session that sends a fixed ``Authorization`` header. The last one isolates the
-middleware's own work from the cost of carrying a token at all. Each comparison interleaves the
-middleware session with one other session, batch by batch. The server runs in another process,
-so its work does not share the measured event loop.
+The same GET goes to one loopback server through four sessions: a bare session (the baseline),
+a session with ``BearerTokenMiddleware`` over a warm ``ManagedIdentityCredential``, a session
+that sends a fixed ``Authorization`` header (what applications do without the middleware), and
+a session whose middleware does nothing but set that same fixed header. The last one is the
+floor for any middleware that signs requests: aiohttp's middleware dispatch plus the token's
+bytes on the wire, with no decision and no credential. Each comparison interleaves two sessions
+batch by batch. The server runs in another process, so its work does not share the measured
+event loop.
 
     python -m benchmarks.bench_aiohttp [--quick]
 """
@@ -20,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
+from aiohttp import ClientHandlerType, ClientMiddlewareType, ClientRequest, ClientResponse, hdrs
 
 from benchmarks._harness import Row, main
 from mi_credential import ManagedIdentityCredential
@@ -146,6 +149,17 @@ def _rows(name: str, baseline_name: str, samples: tuple[Sample, Sample], target:
     ]
 
 
+def _fixed_header_middleware(token: str) -> ClientMiddlewareType:
+    """The least a signing middleware can do: set a header it already has."""
+    value = "Bearer " + token
+
+    async def sign(request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+        request.headers[hdrs.AUTHORIZATION] = value
+        return await handler(request)
+
+    return sign
+
+
 def _getter(session: aiohttp.ClientSession, url: str) -> Callable[[], Awaitable[bytes]]:
     async def get() -> bytes:
         async with session.get(url) as response:
@@ -172,6 +186,7 @@ async def run(quick: bool) -> list[Row]:
                 aiohttp.ClientSession() as bare,
                 aiohttp.ClientSession(middlewares=(middleware,)) as signed,
                 aiohttp.ClientSession(headers={"Authorization": "Bearer " + token}) as static,
+                aiohttp.ClientSession(middlewares=(_fixed_header_middleware(token),)) as floor,
                 aiohttp.ClientSession() as control,
             ):
 
@@ -183,11 +198,12 @@ async def run(quick: bool) -> list[Row]:
                     "bare": _getter(bare, url),
                     "middleware": _getter(signed, url),
                     "static": _getter(static, url),
+                    "floor": _getter(floor, url),
                 }
                 # The comparison is fair only if the middleware really signs and the bare
                 # session really does not.
                 answers = {name: await call() for name, call in calls.items()}
-                if answers != {"bare": b"0", "middleware": b"1", "static": b"1"}:
+                if answers != {"bare": b"0", "middleware": b"1", "static": b"1", "floor": b"1"}:
                     raise RuntimeError(f"unexpected answers: {answers}")
                 issued = emulator.issued
                 size = {
@@ -199,6 +215,12 @@ async def run(quick: bool) -> list[Row]:
                 versus_static = await _compare(
                     calls["middleware"], calls["static"], server_cpu, **size
                 )
+                versus_floor = await _compare(
+                    calls["middleware"], calls["floor"], server_cpu, **size
+                )
+                floor_versus_bare = await _compare(
+                    calls["floor"], calls["bare"], server_cpu, **size
+                )
                 if emulator.issued != issued:
                     raise RuntimeError("the credential requested a token while measured")
     finally:
@@ -208,6 +230,8 @@ async def run(quick: bool) -> list[Row]:
     return [
         *_rows("small GET, token cached", "bare session", versus_bare, "<= 1.03"),
         *_rows("small GET, token cached", "fixed header", versus_static, ""),
+        *_rows("small GET, token cached", "fixed-header middleware", versus_floor, ""),
+        *_rows("floor: a middleware setting a fixed header", "bare session", floor_versus_bare, ""),
     ]
 
 

@@ -204,8 +204,7 @@ async def _serve() -> None:
                     task.result()  # a server failed to start: raise its error
             await asyncio.sleep(0.01)
         ports = {
-            name: server.servers[0].sockets[0].getsockname()[1]
-            for name, server in servers.items()
+            name: server.servers[0].sockets[0].getsockname()[1] for name, server in servers.items()
         }
         print(json.dumps(ports), flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
