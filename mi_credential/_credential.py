@@ -5,6 +5,7 @@ telemetry. The protocol details live in ``_sources``; the HTTP in ``_transport``
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import random
@@ -165,6 +166,29 @@ class ManagedIdentityCredential:
         TypeError: An unknown keyword argument.
     """
 
+    # A process may hold many credentials (one per identity, per client library); slots keep
+    # each one small.
+    __slots__ = (
+        "__weakref__",
+        "_closed",
+        "_config",
+        "_counts",
+        "_entries",
+        "_hot",
+        "_identity",
+        "_inflight",
+        "_monotonic",
+        "_now",
+        "_pending",
+        "_random",
+        "_sleep",
+        "_source",
+        "_telemetry",
+        "_timeout",
+        "_transport",
+        "_user_agent",
+    )
+
     def __init__(
         self,
         *,
@@ -202,21 +226,19 @@ class ManagedIdentityCredential:
                 raise ValueError(f"{name} must be a positive number of seconds, not {value!r}.")
 
         env: Mapping[str, str] = os.environ if environ is None else environ
-        self._identity: Identity = build_identity(client_id, identity_config)
-        self._config: SourceConfig | None = detect_source(
-            env, exclude_workload_identity=exclude_workload_identity
+        self._config: SourceConfig | None
+        self._source: TokenSource | None
+        self._config, self._source = _configure(
+            tuple(env.get(name) for name in Env.ALL),
+            build_identity(client_id, identity_config),
+            exclude_workload_identity,
+            tuple(additionally_allowed_tenants),
         )
-        self._source: TokenSource | None = None
-        if self._config is not None:
-            self._source = create_source(
-                self._config,
-                self._identity,
-                additionally_allowed_tenants=tuple(additionally_allowed_tenants),
-                multitenant_disabled=env.get(Env.AZURE_IDENTITY_DISABLE_MULTITENANTAUTH, "")
-                .strip()
-                .lower()
-                in ("1", "true"),
-            )
+        self._identity: Identity = (
+            self._source.identity
+            if self._source is not None
+            else build_identity(client_id, identity_config)
+        )
 
         self._now: Callable[[], float] = clock or time.time
         self._monotonic: Callable[[], float] = clock or time.monotonic
@@ -247,13 +269,13 @@ class ManagedIdentityCredential:
         from ._telemetry import IDENTITY_KIND, SOURCE, CredentialTelemetry
 
         source_name = self._config.source.value if self._config else "unavailable"
-        self._telemetry = CredentialTelemetry(
-            self,
+        self._telemetry = CredentialTelemetry.get(
             tracer_provider=tracer_provider,
             meter_provider=meter_provider,
             attributes={SOURCE: source_name, IDENTITY_KIND: self._identity.kind.value},
             monotonic=self._monotonic,
         )
+        self._telemetry.watch(self)
         # Plain counters (shared per source and identity kind), read by observable instruments.
         self._counts = self._telemetry.counts
         if self._config is None:
@@ -680,6 +702,37 @@ class ManagedIdentityCredential:
             "This ManagedIdentityCredential is closed; create a new one.",
             source=self.source,
         )
+
+
+@functools.lru_cache(maxsize=32)
+def _configure(
+    environment: tuple[str | None, ...],
+    identity: Identity,
+    exclude_workload_identity: bool,
+    additionally_allowed_tenants: tuple[str, ...],
+) -> tuple[SourceConfig | None, TokenSource | None]:
+    """The source configuration and the source object for the values of :data:`Env.ALL`.
+
+    Both are immutable, so credentials created alike (the usual case: same environment, same
+    identity) share them instead of each holding copies.
+
+    Raises:
+        ValueError: As :func:`detect_source` and :func:`create_source` (not cached).
+    """
+    env = {
+        name: value for name, value in zip(Env.ALL, environment, strict=True) if value is not None
+    }
+    config = detect_source(env, exclude_workload_identity=exclude_workload_identity)
+    if config is None:
+        return None, None
+    disable_multitenant = env.get(Env.AZURE_IDENTITY_DISABLE_MULTITENANTAUTH, "")
+    source = create_source(
+        config,
+        identity,
+        additionally_allowed_tenants=additionally_allowed_tenants,
+        multitenant_disabled=disable_multitenant.strip().lower() in ("1", "true"),
+    )
+    return config, source
 
 
 if sys.version_info >= (3, 12):

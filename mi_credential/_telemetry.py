@@ -20,7 +20,8 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from time import monotonic as _monotonic
+from typing import Any, ClassVar, Protocol
 from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
@@ -149,15 +150,19 @@ class _MeterHub:
             description="Seconds until each cached token expires.",
         )
 
-    def register(self, subject: TelemetrySubject, attributes: dict[str, str]) -> RequestCounts:
-        """Watch ``subject`` for the gauge; return the counters for ``attributes``."""
+    def counts_for(self, attributes: dict[str, str]) -> RequestCounts:
+        """The counters of the credentials that record with ``attributes``."""
         key = tuple(sorted(attributes.items()))
         with self._lock:
-            self._subjects.add(subject)
             counts = self.counts.get(key)
             if counts is None:
                 counts = self.counts[key] = RequestCounts(dict(attributes))
         return counts
+
+    def watch(self, subject: TelemetrySubject) -> None:
+        """Read ``subject``'s cached tokens for the time-to-expiry gauge while it lives."""
+        with self._lock:
+            self._subjects.add(subject)
 
     def _snapshot(self) -> tuple[list[RequestCounts], list[Any]]:
         with self._lock:
@@ -258,23 +263,53 @@ class Attempt:
 
 
 class CredentialTelemetry:
-    """The tracer and instruments one credential uses.
+    """The tracer and instruments credentials record with.
 
     Recording is explicit start/finish calls rather than context managers: this is the cold
     path of every acquisition, and generator-based context managers cost more than the
-    recording itself. Every call is guarded: telemetry never fails an acquisition.
+    recording itself. Every call is guarded: telemetry never fails an acquisition. Holds no
+    per-credential state: credentials that record alike share one (:meth:`get`).
 
     Args:
-        subject: The credential, read by the observable instruments (held weakly).
         tracer_provider: Tracer provider; the global one if ``None``.
         meter_provider: Meter provider; the global one if ``None``.
         attributes: Attributes common to everything this credential records.
         monotonic: The clock durations are measured with.
     """
 
+    _shared: ClassVar[dict[tuple[tuple[str, str], ...], CredentialTelemetry]] = {}
+
+    @classmethod
+    def get(
+        cls,
+        *,
+        tracer_provider: trace.TracerProvider | None,
+        meter_provider: metrics.MeterProvider | None,
+        attributes: dict[str, str],
+        monotonic: Callable[[], float],
+    ) -> CredentialTelemetry:
+        """The telemetry for a credential: shared by every credential with the global providers,
+        the default clock and the same attributes; a new one otherwise."""
+        if tracer_provider is not None or meter_provider is not None or monotonic is not _monotonic:
+            return cls(
+                tracer_provider=tracer_provider,
+                meter_provider=meter_provider,
+                attributes=attributes,
+                monotonic=monotonic,
+            )
+        key = tuple(sorted(attributes.items()))
+        shared = cls._shared.get(key)
+        if shared is None:
+            shared = cls._shared[key] = cls(
+                tracer_provider=None,
+                meter_provider=None,
+                attributes=attributes,
+                monotonic=monotonic,
+            )
+        return shared
+
     def __init__(
         self,
-        subject: TelemetrySubject,
         *,
         tracer_provider: trace.TracerProvider | None,
         meter_provider: metrics.MeterProvider | None,
@@ -293,7 +328,11 @@ class CredentialTelemetry:
         except Exception:
             _logger.warning("OpenTelemetry metrics are disabled: the meter provider failed")
             self._hub = _MeterHub(metrics.NoOpMeterProvider())
-        self.counts = self._hub.register(subject, attributes)
+        self.counts = self._hub.counts_for(attributes)
+
+    def watch(self, subject: TelemetrySubject) -> None:
+        """Report ``subject``'s cached tokens to the time-to-expiry gauge (held weakly)."""
+        self._hub.watch(subject)
 
     def start_acquisition(self, resource: str, reason: str, cache_result: str) -> Acquisition:
         """Start the INTERNAL span of an acquisition, a child of the caller's current span."""

@@ -162,6 +162,17 @@ class Transport:
         verify: ``True`` for the system trust store, or a path to a CA bundle (PEM).
     """
 
+    __slots__ = (
+        "_connect_timeout",
+        "_injected",
+        "_leases",
+        "_pins",
+        "_read_timeout",
+        "_session",
+        "_ssl",
+        "_verify",
+    )
+
     def __init__(
         self,
         *,
@@ -177,7 +188,7 @@ class Transport:
         self._read_timeout = read_timeout
         self._verify = verify
         self._ssl: ssl.SSLContext | bool | None = None
-        self._pins: dict[str, aiohttp.Fingerprint] = {}
+        self._pins: dict[str, aiohttp.Fingerprint] | None = None  # Service Fabric only
 
     @asynccontextmanager
     async def lease(self) -> AsyncIterator[None]:
@@ -233,10 +244,14 @@ class Transport:
             request_headers["Content-Type"] = "application/x-www-form-urlencoded"
         ssl_option: Any = self._ssl_option()
         if request.tls_thumbprint:
-            pin = self._pins.get(request.tls_thumbprint)
+            pins = self._pins
+            if pins is None:
+                pins = self._pins = {}
+            pin = pins.get(request.tls_thumbprint)
             if pin is None:
-                pin = _sha1_fingerprint_class()(bytes.fromhex(request.tls_thumbprint))
-                self._pins[request.tls_thumbprint] = pin
+                pin = pins[request.tls_thumbprint] = _sha1_fingerprint_class()(
+                    bytes.fromhex(request.tls_thumbprint)
+                )
             ssl_option = pin
         client_timeout = aiohttp.ClientTimeout(
             total=max(timeout, 0.001),

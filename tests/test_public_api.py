@@ -132,6 +132,31 @@ async def test_credentials_on_a_loop_share_one_session_closed_when_idle(
     assert shared.session is None  # closing a credential with nothing in flight closes it
 
 
+async def test_credentials_created_alike_share_configuration_not_tokens(
+    emulator: Emulator,
+) -> None:
+    environ = emulator.environ(S.APP_SERVICE)
+    async with (
+        ManagedIdentityCredential(environ=environ) as first,
+        ManagedIdentityCredential(environ=dict(environ)) as second,
+        ManagedIdentityCredential(environ=environ, client_id="cid") as other,
+    ):
+        # Immutable configuration and telemetry are shared, not copied into each credential.
+        assert first._source is second._source and first._config is second._config
+        assert first._telemetry is second._telemetry
+        assert other._source is not first._source
+        assert other._source is not None and other._source.identity.value == "cid"
+        # Caches are not shared: each credential asks for its own token.
+        await first.get_token(SCOPE)
+        await second.get_token(SCOPE)
+        assert emulator.issued == 2
+    # A malformed environment is refused every time, not remembered as a success.
+    bad = {"IDENTITY_ENDPOINT": "ftp://127.0.0.1/msi", "IDENTITY_HEADER": "h"}
+    for _ in range(2):
+        with pytest.raises(ValueError, match="IDENTITY_ENDPOINT"):
+            ManagedIdentityCredential(environ=bad)
+
+
 async def test_usable_without_async_with(emulator: Emulator) -> None:
     credential = ManagedIdentityCredential(environ=emulator.environ(S.AZURE_ML))
     assert emulator.verify((await credential.get_token(SCOPE)).token)
