@@ -118,19 +118,6 @@ async def _cold(
     """Two kinds of cold: a cache miss on a long-lived credential (what an application pays for
     each new resource or refresh: compared with a GET on a live session), and the very first
     token of a new credential (compared with a GET on a new session)."""
-    resources = itertools.count()
-    ours_live, reference_live = _ours(), _reference()
-    session = aiohttp.ClientSession()
-
-    async def ours_miss() -> None:
-        await ours_live.get_token(f"https://r{next(resources)}.example/.default")
-
-    async def reference_miss() -> None:
-        await reference_live.get_token(f"https://r{next(resources)}.example/.default")
-
-    async def bare_live() -> None:
-        async with session.get(url, headers=headers) as response:
-            await response.read()
 
     async def ours_first() -> None:
         async with _ours() as credential:
@@ -145,17 +132,8 @@ async def _cold(
             await response.read()
 
     rounds = 8 if quick else 60
-    try:
-        live = await _alternate(
-            {"ours": ours_miss, "ref": reference_miss, "bare": bare_live}, rounds
-        )
-        first = await _alternate(
-            {"ours": ours_first, "ref": reference_first, "bare": bare_new}, rounds
-        )
-    finally:
-        await ours_live.close()
-        await reference_live.close()
-        await session.close()
+    live = await _live_misses(url, headers, rounds)
+    first = await _alternate({"ours": ours_first, "ref": reference_first, "bare": bare_new}, rounds)
     group = f"cold acquisition, {mode}, SDK {sdk}"
     rows = [
         Row(group, "cache miss on a live credential", live["ours"], live["ref"], "s"),
@@ -485,11 +463,9 @@ def _import_cost(quick: bool) -> list[Row]:
     return rows
 
 
-async def _imds_misses(base: str, rounds: int) -> dict[str, float]:
-    """Median seconds of a cache miss on a live credential, ours and the reference's, and of a
-    GET on a live session, against the IMDS endpoint at ``base``."""
-    _use_environment({"AZURE_POD_IDENTITY_AUTHORITY_HOST": base})
-    url = f"{base}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=x"
+async def _live_misses(url: str, headers: dict[str, str], rounds: int) -> dict[str, float]:
+    """Median seconds of a cache miss on a live credential, ours and the reference's (each call
+    asks for a new resource), and of a GET of ``url`` on a live session."""
     resources = itertools.count()
     ours, reference = _ours(), _reference()
     session = aiohttp.ClientSession()
@@ -501,7 +477,7 @@ async def _imds_misses(base: str, rounds: int) -> dict[str, float]:
         await reference.get_token(f"https://r{next(resources)}.example/.default")
 
     async def bare() -> None:
-        async with session.get(url, headers={"Metadata": "true"}) as response:
+        async with session.get(url, headers=headers) as response:
             await response.read()
 
     try:
@@ -521,7 +497,9 @@ async def _latency_sweep(quick: bool) -> list[Row]:
     rows = []
     for latency in (0.0, LATENCY, 0.02):
         with running(latency) as base:
-            times = await _imds_misses(base, 8 if quick else 60)
+            _use_environment({"AZURE_POD_IDENTITY_AUTHORITY_HOST": base})
+            url = f"{base}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=x"
+            times = await _live_misses(url, {"Metadata": "true"}, 8 if quick else 60)
         group = f"cold acquisition vs endpoint latency: {latency * 1000:g} ms, IMDS, SDK off"
         rows += [
             Row(

@@ -290,23 +290,19 @@ class CredentialTelemetry:
     ) -> CredentialTelemetry:
         """The telemetry for a credential: shared by every credential with the global providers,
         the default clock and the same attributes; a new one otherwise."""
-        if tracer_provider is not None or meter_provider is not None or monotonic is not _monotonic:
-            return cls(
+        shareable = tracer_provider is None and meter_provider is None and monotonic is _monotonic
+        key = tuple(sorted(attributes.items()))
+        telemetry = cls._shared.get(key) if shareable else None
+        if telemetry is None:
+            telemetry = cls(
                 tracer_provider=tracer_provider,
                 meter_provider=meter_provider,
                 attributes=attributes,
                 monotonic=monotonic,
             )
-        key = tuple(sorted(attributes.items()))
-        shared = cls._shared.get(key)
-        if shared is None:
-            shared = cls._shared[key] = cls(
-                tracer_provider=None,
-                meter_provider=None,
-                attributes=attributes,
-                monotonic=monotonic,
-            )
-        return shared
+            if shareable:
+                cls._shared[key] = telemetry
+        return telemetry
 
     def __init__(
         self,
