@@ -137,32 +137,7 @@ async def _cold(
     group = f"cold acquisition, {mode}, SDK {sdk}"
     rows = [
         Row(group, "cache miss on a live credential", live["ours"], live["ref"], "s"),
-        Row(
-            group,
-            "ours: cache miss vs a GET on a live session",
-            live["ours"],
-            live["bare"],
-            "s",
-            baseline_name="bare GET",
-            target="<= 1.05",
-        ),
-        Row(
-            group,
-            "reference: cache miss vs a GET on a live session",
-            live["ref"],
-            live["bare"],
-            "s",
-            baseline_name="bare GET",
-        ),
-        # What each library adds to the GET, compared: unlike the ratios to the GET, this does
-        # not depend on how the machine's speed compares with the endpoint's fixed latency.
-        Row(
-            group,
-            "cache miss: time added to a GET on a live session",
-            live["ours"] - live["bare"],
-            live["ref"] - live["bare"],
-            "s",
-        ),
+        *_miss_rows(group, live, target="<= 1.05"),
         Row(group, "first token of a new credential", first["ours"], first["ref"], "s"),
         Row(
             group,
@@ -488,6 +463,38 @@ async def _live_misses(url: str, headers: dict[str, str], rounds: int) -> dict[s
         await session.close()
 
 
+def _miss_rows(group: str, times: dict[str, float], target: str = "") -> list[Row]:
+    """Rows for :func:`_live_misses`' figures: each library against the GET, and the time each
+    adds to it compared (unlike the ratios to the GET, that does not depend on how the machine's
+    speed compares with the endpoint's fixed latency)."""
+    return [
+        Row(
+            group,
+            "ours: cache miss vs a GET on a live session",
+            times["ours"],
+            times["bare"],
+            "s",
+            baseline_name="bare GET",
+            target=target,
+        ),
+        Row(
+            group,
+            "reference: cache miss vs a GET on a live session",
+            times["ref"],
+            times["bare"],
+            "s",
+            baseline_name="bare GET",
+        ),
+        Row(
+            group,
+            "cache miss: time added to a GET on a live session",
+            times["ours"] - times["bare"],
+            times["ref"] - times["bare"],
+            "s",
+        ),
+    ]
+
+
 async def _latency_sweep(quick: bool) -> list[Row]:
     """A cache miss on a live credential against endpoints of different latencies (IMDS, SDK
     off). The time a library adds to the GET hardly depends on the latency, so its ratio to the
@@ -501,31 +508,7 @@ async def _latency_sweep(quick: bool) -> list[Row]:
             url = f"{base}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=x"
             times = await _live_misses(url, {"Metadata": "true"}, 8 if quick else 60)
         group = f"cold acquisition vs endpoint latency: {latency * 1000:g} ms, IMDS, SDK off"
-        rows += [
-            Row(
-                group,
-                "cache miss: time added to a GET on a live session",
-                times["ours"] - times["bare"],
-                times["ref"] - times["bare"],
-                "s",
-            ),
-            Row(
-                group,
-                "ours: cache miss vs a GET on a live session",
-                times["ours"],
-                times["bare"],
-                "s",
-                baseline_name="bare GET",
-            ),
-            Row(
-                group,
-                "reference: cache miss vs a GET on a live session",
-                times["ref"],
-                times["bare"],
-                "s",
-                baseline_name="bare GET",
-            ),
-        ]
+        rows += _miss_rows(group, times)
     return rows
 
 
