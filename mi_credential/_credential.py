@@ -226,19 +226,16 @@ class ManagedIdentityCredential:
                 raise ValueError(f"{name} must be a positive number of seconds, not {value!r}.")
 
         env: Mapping[str, str] = os.environ if environ is None else environ
+        identity = build_identity(client_id, identity_config)
         self._config: SourceConfig | None
         self._source: TokenSource | None
         self._config, self._source = _configure(
             tuple(env.get(name) for name in Env.ALL),
-            build_identity(client_id, identity_config),
+            identity,
             exclude_workload_identity,
             tuple(additionally_allowed_tenants),
         )
-        self._identity: Identity = (
-            self._source.identity
-            if self._source is not None
-            else build_identity(client_id, identity_config)
-        )
+        self._identity: Identity = self._source.identity if self._source is not None else identity
 
         self._now: Callable[[], float] = clock or time.time
         self._monotonic: Callable[[], float] = clock or time.monotonic
