@@ -4,6 +4,7 @@ fails, and always within the deadline (fake clock, except where a real timeout i
 from __future__ import annotations
 
 import socket
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -23,7 +24,17 @@ from mi_credential.emulator import Emulator, Fault
 
 from ..conftest import FakeClock
 
-pytestmark = pytest.mark.reliability
+pytestmark = [pytest.mark.reliability]
+if sys.version_info < (3, 11):
+    # On Python 3.10, asyncio's SSL transport is never marked closed when the peer drops a
+    # connection after the handshake (3.11's rewrite of sslproto fixed it), and aiohttp has
+    # nothing left to close: the ResourceWarning at garbage collection is CPython's, for any
+    # HTTPS client. Only that message is ignored, and only there.
+    pytestmark.append(
+        pytest.mark.filterwarnings(
+            "ignore:unclosed transport <asyncio.sslproto._SSLProtocolTransport:ResourceWarning"
+        )
+    )
 
 SCOPE = "https://storage.azure.com/.default"
 TIMEOUT = 90.0
