@@ -1,6 +1,10 @@
-"""The emulator's own surface: admin routes, published key, wire formats of its errors."""
+"""The emulator's own surface: admin routes, published key, wire formats of its errors, and the
+events tests wait on (requests recorded, responses written, responses held)."""
 
 from __future__ import annotations
+
+import asyncio
+from typing import Any
 
 import aiohttp
 import jwt
@@ -9,7 +13,7 @@ import pytest
 from mi_credential import ManagedIdentitySource as S
 from mi_credential.emulator import Emulator, Fault
 
-from .conftest import CredentialFactory
+from .conftest import CredentialFactory, FakeClock, register_emulator
 
 
 async def test_faults_can_be_scripted_over_http(
@@ -111,3 +115,123 @@ async def test_fault_skip_and_callable_body(emulator: Emulator, make_credential:
     await credential.get_token("https://a/.default")
     await credential.get_token("https://b/.default")  # the skipped fault applies now, then a retry
     assert [r.status for r in emulator.requests] == [200, 500, 200]
+
+
+# -- waiting on events -------------------------------------------------------------------------
+
+
+def imds_get(session: aiohttp.ClientSession, emulator: Emulator, resource: str = "https://r") -> Any:
+    """A token request to the IMDS endpoint, as a task."""
+
+    async def get() -> int:
+        async with session.get(
+            emulator.http_url + "/metadata/identity/oauth2/token",
+            params={"api-version": "2018-02-01", "resource": resource},
+            headers={"Metadata": "true"},
+        ) as response:
+            await response.read()
+            return response.status
+
+    return asyncio.ensure_future(get())
+
+
+async def test_wait_for_requests_returns_once_they_are_recorded(emulator: Emulator) -> None:
+    async with aiohttp.ClientSession() as session:
+        first, second = imds_get(session, emulator, "https://a"), imds_get(session, emulator, "https://b")
+        records = await emulator.wait_for_requests(2)
+        assert sorted(r.param("resource") for r in records) == ["https://a", "https://b"]
+        assert await emulator.wait_for_requests(1, source=S.IMDS) == emulator.requests_for(S.IMDS)
+        assert await emulator.wait_for_requests(0, source="app_service") == []
+        assert await asyncio.gather(first, second) == [200, 200]
+
+
+async def test_wait_for_requests_times_out_with_what_arrived(emulator: Emulator) -> None:
+    async with aiohttp.ClientSession() as session:
+        assert await imds_get(session, emulator) == 200
+    with pytest.raises(TimeoutError) as caught:
+        await emulator.wait_for_requests(2, timeout=0.01)
+    message = str(caught.value)
+    assert message.startswith("Waited 0.01 s for 2 token requests; the emulator has received 1")
+    assert "imds: GET /metadata/identity/oauth2/token -> 200" in message
+    with pytest.raises(TimeoutError, match=r"for 1 token request of app_service; .* received 0 token"):
+        await emulator.wait_for_requests(source=S.APP_SERVICE, timeout=0.01)
+
+
+async def test_a_held_request_is_recorded_but_not_answered_until_released(
+    emulator: Emulator,
+) -> None:
+    async with aiohttp.ClientSession() as session:
+        emulator.hold()
+        request = imds_get(session, emulator)
+        (record,) = await emulator.wait_for_requests(1)
+        assert record.status is None
+        assert emulator.held == 1
+        assert not request.done()
+        with pytest.raises(TimeoutError, match="1 held at the gate: release"):
+            await emulator.wait_for_responses(1, timeout=0.01)
+        assert emulator.issued == 0
+        emulator.release()
+        (answered,) = await emulator.wait_for_responses(1)
+        assert answered.status == 200
+        assert emulator.held == 0
+        assert emulator.issued == 1
+        assert await request == 200
+        assert await imds_get(session, emulator) == 200  # released: no longer holding
+
+
+async def test_hold_as_a_context_manager_releases_on_leaving(emulator: Emulator) -> None:
+    async with aiohttp.ClientSession() as session:
+        with emulator.hold():
+            requests = [imds_get(session, emulator, f"https://r{i}") for i in range(3)]
+            await emulator.wait_for_requests(3)
+            assert emulator.held == 3
+            assert [r.status for r in emulator.requests] == [None] * 3
+        assert await asyncio.gather(*requests) == [200] * 3
+    assert [r.status for r in await emulator.wait_for_responses(3)] == [200] * 3
+
+
+async def test_close_releases_held_requests(clock: FakeClock) -> None:
+    emulator = Emulator(clock=clock)
+    register_emulator(emulator)
+    await emulator.start()
+    async with aiohttp.ClientSession() as session:
+        emulator.hold()
+        request = imds_get(session, emulator)
+        await emulator.wait_for_requests(1)
+        await asyncio.wait_for(emulator.close(), 5)
+        assert await asyncio.wait_for(request, 5) == 200
+
+
+async def test_fault_responses_count_as_responses(emulator: Emulator) -> None:
+    emulator.add_fault(Fault.status_code(503, source="imds"))
+    emulator.add_fault(Fault.drop(source="imds"))
+    async with aiohttp.ClientSession() as session:
+        assert await imds_get(session, emulator) == 503
+        dropped = imds_get(session, emulator)
+        answered = await emulator.wait_for_responses(2)
+        assert [r.status for r in answered[:2]] == [503, 499]  # a drop's 499 is never sent
+        await asyncio.gather(dropped, return_exceptions=True)  # (aiohttp may retry it)
+
+
+async def test_clearing_the_log_restarts_the_counts(emulator: Emulator) -> None:
+    async with aiohttp.ClientSession() as session:
+        assert await imds_get(session, emulator) == 200
+        with emulator.hold():
+            request = imds_get(session, emulator, "https://after")
+            await emulator.wait_for_requests(2)
+            emulator.requests.clear()  # while a request is in flight
+        assert await request == 200
+        with pytest.raises(TimeoutError):
+            await emulator.wait_for_requests(1, timeout=0.01)
+        assert emulator.requests == []  # the request answered after the clear stays forgotten
+        assert await imds_get(session, emulator, "https://next") == 200
+        (record,) = await emulator.wait_for_responses(1)
+        assert (record.param("resource"), record.status) == ("https://next", 200)
+
+
+async def test_latency_still_delays_responses(emulator: Emulator) -> None:
+    """The demo and the benchmarks use it; tests hold requests instead."""
+    emulator.latency = 0.01
+    async with aiohttp.ClientSession() as session:
+        assert await imds_get(session, emulator) == 200
+    assert emulator.issued == 1

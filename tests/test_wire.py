@@ -269,12 +269,14 @@ async def test_workload_identity_claims_never_join_an_acquisition_without_them(
 ) -> None:
     import asyncio
 
-    emulator.latency = 0.1
     credential = make_credential(S.WORKLOAD_IDENTITY)
-    plain = asyncio.ensure_future(credential.get_token(SCOPE))
-    await asyncio.sleep(0.02)
     claims = '{"access_token":{"nbf":{"essential":true,"value":"1700000000"}}}'
-    with_claims = await credential.get_token(SCOPE, claims=claims)
+    with emulator.hold():  # the first acquisition stays in flight
+        plain = asyncio.ensure_future(credential.get_token(SCOPE))
+        await emulator.wait_for_requests(1)
+        asking = asyncio.ensure_future(credential.get_token(SCOPE, claims=claims))
+        await emulator.wait_for_requests(2)  # sent while the first one is still unanswered
+    with_claims = await asking
     await plain
     sent = [r.form_field("claims") for r in emulator.requests_for(S.WORKLOAD_IDENTITY)]
     assert sorted(sent, key=str) == sorted([None, claims], key=str)
@@ -286,10 +288,12 @@ async def test_managed_identity_claims_join_the_acquisition_in_flight(
 ) -> None:
     import asyncio
 
-    emulator.latency = 0.1
     credential = make_credential(S.IMDS)
-    plain = asyncio.ensure_future(credential.get_token(SCOPE))
-    await asyncio.sleep(0.02)
-    forced = await credential.get_token(SCOPE, claims='{"x":1}')  # a fresh token is in flight
-    assert forced == await plain
+    with emulator.hold():  # the first acquisition stays in flight
+        plain = asyncio.ensure_future(credential.get_token(SCOPE))
+        await emulator.wait_for_requests(1)
+        forced = asyncio.ensure_future(credential.get_token(SCOPE, claims='{"x":1}'))
+        for _ in range(5):  # lets it reach the acquisition in flight (a fresh token is coming)
+            await asyncio.sleep(0)
+    assert await forced == await plain
     assert len(emulator.requests) == 1

@@ -5,10 +5,16 @@ Start it in-process and point a credential at it::
     async with Emulator() as emulator:
         credential = ManagedIdentityCredential(environ=emulator.environ("app_service"))
 
+Tests wait on its events rather than sleeping: ``await emulator.wait_for_requests(n)`` returns
+once ``n`` token requests have arrived, ``await emulator.wait_for_responses(n)`` once ``n`` have
+been answered, and ``with emulator.hold(): ...`` keeps token responses back until the block ends
+(or :meth:`Emulator.release`), so a request stays in flight for exactly as long as a test needs.
+
 Needs the ``emulator`` extra (PyJWT, cryptography): ``pip install "mi-credential[emulator]"``.
 """
 
 from ._faults import Fault, RecordedRequest
-from ._server import DEFAULT_TENANT_ID, EmulatedIdentity, Emulator
+from ._identities import DEFAULT_TENANT_ID, EmulatedIdentity
+from ._server import Emulator
 
 __all__ = ["DEFAULT_TENANT_ID", "EmulatedIdentity", "Emulator", "Fault", "RecordedRequest"]

@@ -1,11 +1,14 @@
-"""Scripted failures and the request log."""
+"""Scripted failures, how the emulator acts them out, and the record of a request."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from aiohttp import web
 
 Action = Literal["respond", "drop", "reset", "hang"]
 
@@ -141,6 +144,48 @@ class Fault:
         if fault.action not in ("respond", "drop", "reset", "hang"):
             raise ValueError(f"unknown action {fault.action!r}")
         return fault
+
+
+def take_fault(faults: Sequence[Fault], source: str) -> Fault | None:
+    """The fault that applies to this request of ``source`` (the first one scripted that still
+    applies), counting the request against it; ``None`` if the request is served normally."""
+    for fault in faults:
+        if fault.source in (None, source) and (fault.times is None or fault.times > 0):
+            if fault.skip > 0:
+                fault.skip -= 1
+                return None
+            if fault.times is not None:
+                fault.times -= 1
+            return fault
+    return None
+
+
+async def misbehave(
+    fault: Fault, request: web.Request, record: RecordedRequest, closing: asyncio.Event
+) -> web.StreamResponse:
+    """Act out ``fault`` (not a pure delay) on ``request``; ``closing`` ends a hang."""
+    transport = request.transport
+    if fault.action == "hang":
+        await closing.wait()
+        return web.Response(status=503)
+    if fault.action == "drop":
+        if transport is not None:
+            transport.abort()
+        return web.Response(status=499)
+    if fault.action == "reset":
+        body = b'{"access_token": "' + b"x" * 512 + b'", "expires_in": "3600"}'
+        response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        response.content_length = len(body)
+        await response.prepare(request)
+        await response.write(body[: len(body) // 2])
+        if transport is not None:
+            transport.abort()
+        return response
+    return web.Response(
+        status=fault.status,
+        body=fault.body_bytes(record),
+        headers={"Content-Type": fault.content_type, **fault.headers},
+    )
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,6 @@ async def test_aiohttp_requests_cancelled_while_the_token_is_acquired(
     emulator: Emulator, clock: FakeClock, api: Any
 ) -> None:
     origin, seen = api
-    emulator.latency = 0.2
     credential = ManagedIdentityCredential(environ=emulator.environ(S.IMDS), clock=clock)
     async with create_session(credential, {origin: SCOPE}, allow_http=["127.0.0.1"]) as session:
 
@@ -61,13 +60,14 @@ async def test_aiohttp_requests_cancelled_while_the_token_is_acquired(
             async with session.get(f"http://{origin}/") as response:
                 return response.status
 
-        requests = [asyncio.ensure_future(call()) for _ in range(20)]
-        await asyncio.sleep(0.05)  # all are waiting for the token now
-        for request in requests:
-            request.cancel()
-        await asyncio.gather(*requests, return_exceptions=True)
-        assert all(r.cancelled() for r in requests)
-        assert seen == []  # nothing was sent unsigned or half-signed
+        with emulator.hold():  # the token is not answered while they are cancelled
+            requests = [asyncio.ensure_future(call()) for _ in range(20)]
+            await emulator.wait_for_requests(1)  # all are waiting for the token now
+            for request in requests:
+                request.cancel()
+            await asyncio.gather(*requests, return_exceptions=True)
+            assert all(r.cancelled() for r in requests)
+            assert seen == []  # nothing was sent unsigned or half-signed
         assert await call() == 200  # the shared acquisition went on
     assert len(emulator.requests) == 1
     await credential.close()
@@ -79,18 +79,18 @@ async def test_azure_core_request_cancelled_while_the_token_is_acquired(
     emulator: Emulator, clock: FakeClock, api: Any
 ) -> None:
     origin, seen = api
-    emulator.latency = 0.2
     credential = ManagedIdentityCredential(environ=emulator.environ(S.IMDS), clock=clock)
     transport = AioHttpTransport(session=aiohttp.ClientSession(), session_owner=True)
     async with AsyncPipeline(transport, policies=[BearerTokenPolicy(credential, SCOPE)]) as pipeline:
-        run = asyncio.ensure_future(
-            pipeline.run(HttpRequest("GET", f"http://{origin}/"), enforce_https=False)
-        )
-        await asyncio.sleep(0.05)
-        run.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await run
-        assert seen == []
+        with emulator.hold():  # the token is not answered while the request is cancelled
+            run = asyncio.ensure_future(
+                pipeline.run(HttpRequest("GET", f"http://{origin}/"), enforce_https=False)
+            )
+            await emulator.wait_for_requests(1)
+            run.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await run
+            assert seen == []
         response = await pipeline.run(HttpRequest("GET", f"http://{origin}/"), enforce_https=False)
         assert response.http_response.status_code == 200
     assert len(emulator.requests) == 1
@@ -100,7 +100,7 @@ async def test_azure_core_request_cancelled_while_the_token_is_acquired(
 
 
 async def test_asgi_lifespan_cancelled_during_warm_up(emulator: Emulator, clock: FakeClock) -> None:
-    emulator.latency = 0.5
+    emulator.hold()  # the warm-up's token request stays unanswered (closing the emulator releases it)
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         message = await receive()
@@ -123,7 +123,7 @@ async def test_asgi_lifespan_cancelled_during_warm_up(emulator: Emulator, clock:
     lifespan = asyncio.ensure_future(
         middleware({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, inbox.get, send)
     )
-    await asyncio.sleep(0.1)  # inside the warm-up's token request
+    await emulator.wait_for_requests(1)  # inside the warm-up's token request
     lifespan.cancel()  # as a server does when it is stopped during startup
     await asyncio.gather(lifespan, return_exceptions=True)
     await middleware.aclose()

@@ -44,18 +44,32 @@ def build_app(emulator: Emulator, events: list[str], **middleware: Any) -> FastA
     return app
 
 
+class Server(uvicorn.Server):
+    """uvicorn's server, with an event for the end of its startup (listening, or failed)."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.startup_ended = asyncio.Event()
+
+    async def startup(self, sockets: Any = None) -> None:
+        try:
+            await super().startup(sockets=sockets)
+        finally:
+            self.startup_ended.set()
+
+
 @asynccontextmanager
 async def serve(app: FastAPI) -> AsyncIterator[tuple[uvicorn.Server, str]]:
     config = uvicorn.Config(
         app, host="127.0.0.1", port=0, lifespan="on", log_config=None, access_log=False
     )
-    server = uvicorn.Server(config)
+    server = Server(config)
     task = asyncio.create_task(server.serve())
     try:
-        while not server.started:
-            if task.done():
-                task.result()  # startup failed: raise what the server raised
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(server.startup_ended.wait(), GUARD)
+        if not server.started:
+            await asyncio.wait_for(task, GUARD)  # startup failed: raise what the server raised
+            raise AssertionError("uvicorn stopped before it started")
         port = server.servers[0].sockets[0].getsockname()[1]
         yield server, f"http://127.0.0.1:{port}"
     finally:
