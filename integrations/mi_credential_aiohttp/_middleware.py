@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import hdrs, payload
 
-from ._challenge import bearer_challenge, decode_claims
+from mi_credential.http import TokenAdapter, bearer_challenge, decode_claims
+
 from ._origins import OriginPolicy
 
 if TYPE_CHECKING:
     from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
-    from azure.core.credentials import AccessToken, AccessTokenInfo
     from azure.core.credentials_async import AsyncSupportsTokenInfo, AsyncTokenCredential
 
 _logger = logging.getLogger("mi_credential_aiohttp")
@@ -63,7 +63,7 @@ class BearerTokenMiddleware:
             origin twice, an instance metadata address, an ``allow_http`` host with no scope).
     """
 
-    __slots__ = ("_get_token", "_get_token_info", "_policy")
+    __slots__ = ("_policy", "_tokens")
 
     def __init__(
         self,
@@ -73,19 +73,7 @@ class BearerTokenMiddleware:
         hosts: Iterable[str] | None = None,
         allow_http: Iterable[str] = (),
     ) -> None:
-        get_token_info = getattr(credential, "get_token_info", None)
-        get_token = getattr(credential, "get_token", None)
-        if not callable(get_token_info) and not callable(get_token):
-            raise TypeError(
-                "credential must be an azure-core async credential (with get_token_info or "
-                f"get_token), not {type(credential).__name__}."
-            )
-        self._get_token_info: Callable[..., Awaitable[AccessTokenInfo]] | None = (
-            get_token_info if callable(get_token_info) else None
-        )
-        self._get_token: Callable[..., Awaitable[AccessToken]] | None = (
-            get_token if callable(get_token) else None
-        )
+        self._tokens = TokenAdapter(credential)
         self._policy = OriginPolicy(_scope_map(scopes, hosts), allow_http)
 
     def __repr__(self) -> str:
@@ -113,11 +101,7 @@ class BearerTokenMiddleware:
         scope = self._policy.scope_for(request.url)
         if scope is None:
             return await handler(request)
-        # The common path, inlined: one awaited call into the credential's cache.
-        if self._get_token_info is not None:
-            token = (await self._get_token_info(scope)).token
-        else:
-            token = await self._token(scope, None)
+        token = (await self._tokens.get_token_info(scope)).token
         headers[hdrs.AUTHORIZATION] = "Bearer " + token
         response = await handler(request)
         if response.status != 401:
@@ -155,7 +139,7 @@ class BearerTokenMiddleware:
                 )
                 return response
         try:
-            token = await self._token(scope, claims)
+            token = (await self._tokens.get_token_info(scope, claims=claims)).token
         except BaseException:
             response.release()
             raise
@@ -177,18 +161,6 @@ class BearerTokenMiddleware:
         await request.close()
         request.headers[hdrs.AUTHORIZATION] = "Bearer " + token
         return await handler(request)
-
-    async def _token(self, scope: str, claims: str | None) -> str:
-        if self._get_token_info is not None:
-            if claims:
-                info = await self._get_token_info(scope, options={"claims": claims})
-            else:
-                info = await self._get_token_info(scope)
-            return info.token
-        assert self._get_token is not None
-        if claims:
-            return (await self._get_token(scope, claims=claims)).token
-        return (await self._get_token(scope)).token
 
 
 def create_session(

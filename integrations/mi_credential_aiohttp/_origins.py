@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from yarl import URL
 
+from mi_credential.http import check_scope
+
 from ._errors import InsecureTransportError
 
 SECURE_SCHEMES = frozenset({"https", "wss"})
@@ -72,7 +74,8 @@ def parse_entry(entry: str, scope: str) -> Rule:
 
     Raises:
         ValueError: ``entry`` is not a host, ``host:port`` or ``https://`` origin, or it names
-            plain http, a path, credentials or an instance metadata address.
+            plain http, a path, credentials or an instance metadata address; or ``scope`` is
+            not a scope (:func:`mi_credential.http.check_scope`).
     """
     if not isinstance(entry, str) or not entry.strip():
         raise ValueError(f"Each host must be a non-empty string, not {entry!r}.")
@@ -120,8 +123,10 @@ def parse_entry(entry: str, scope: str) -> Rule:
             f"Host {entry!r} is the instance metadata service, the managed identity endpoint "
             "itself: it never receives a token."
         )
-    if not isinstance(scope, str) or not scope.strip():
-        raise ValueError(f"The scope for host {entry!r} must be a non-empty string.")
+    try:
+        check_scope(scope)
+    except ValueError as exc:
+        raise ValueError(f"Host {entry!r}: {exc}") from None
     return Rule(host=host, wildcard=wildcard, port=port, scope=scope, entry=entry)
 
 

@@ -58,7 +58,8 @@ class ManagedIdentityMiddleware:
             scope string (a single string instead of a list is refused), ``warmup_timeout`` is
             not positive, ``state_name`` is not an identifier, or the credential options are
             invalid (see :class:`~mi_credential.ManagedIdentityCredential`).
-        TypeError: An unknown credential option.
+        TypeError: An unknown credential option, or a ``credential`` with neither
+            ``get_token_info`` nor ``get_token``.
     """
 
     def __init__(

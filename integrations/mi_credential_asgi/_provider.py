@@ -13,6 +13,7 @@ from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import ClientAuthenticationError
 
 from mi_credential import ManagedIdentityCredential, ManagedIdentityError
+from mi_credential.http import TokenAdapter, check_scope
 
 _MAX_TRACKED_SCOPES = 256
 """Readiness keeps the expiry of at most this many distinct scopes (a bound, should a handler
@@ -29,21 +30,6 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, (ManagedIdentityError, TimeoutError)):
         return f"{type(exc).__name__}: {exc}"
     return f"{type(exc).__name__} (details withheld: not an mi-credential error)"
-
-
-def validate_scope(scope: object) -> str:
-    """Return ``scope`` if it is one usable scope string.
-
-    Raises:
-        ValueError: ``scope`` is not a non-empty string without whitespace.
-    """
-    if not isinstance(scope, str) or not scope.strip():
-        raise ValueError(f"A scope must be a non-empty string, not {scope!r}.")
-    if any(c.isspace() or ord(c) < 0x20 for c in scope):
-        raise ValueError(
-            f"Invalid scope {scope!r}: a scope contains no whitespace or control characters."
-        )
-    return scope
 
 
 @dataclass(frozen=True)
@@ -141,13 +127,18 @@ class TokenProvider:
     last failure, for :meth:`readiness`.
 
     Args:
-        credential: The credential tokens come from.
+        credential: The credential tokens come from: its ``get_token_info`` if it has one,
+            else its ``get_token``.
         warmup_scopes: The scopes the application needs; :meth:`readiness` requires a token for
             each, and :meth:`check` acquires any that is missing.
         clock: Wall clock, epoch seconds, to compute times to expiry.
+
+    Raises:
+        TypeError: ``credential`` has neither ``get_token_info`` nor ``get_token``.
+        ValueError: A warm-up scope is not a scope (:func:`mi_credential.http.check_scope`).
     """
 
-    __slots__ = ("_clock", "_credential", "_expiries", "_last_error", "_warmup_scopes")
+    __slots__ = ("_clock", "_credential", "_expiries", "_last_error", "_tokens", "_warmup_scopes")
 
     def __init__(
         self,
@@ -156,8 +147,11 @@ class TokenProvider:
         warmup_scopes: Sequence[str] = (),
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self._tokens = TokenAdapter(credential)
         self._credential = credential
-        self._warmup_scopes = tuple(validate_scope(s) for s in warmup_scopes)
+        self._warmup_scopes = tuple(warmup_scopes)
+        for scope in self._warmup_scopes:
+            check_scope(scope)
         self._clock = clock
         self._expiries: dict[str, float | None] = {}
         self._last_error: tuple[str, str, str, float] | None = None
@@ -190,21 +184,7 @@ class TokenProvider:
                 :class:`~mi_credential.CredentialUnavailableError` when no identity is
                 available here).
         """
-        try:
-            if claims:
-                access = await self._credential.get_token(scope, claims=claims)
-            else:
-                access = await self._credential.get_token(scope)
-        except ClientAuthenticationError as exc:
-            self._failed(scope, exc)
-            raise
-        except TypeError:
-            # An unhashable "scope" (a list of scopes) fails in the credential's cache lookup;
-            # say what is wrong instead. Checked here so that the common path pays nothing.
-            validate_scope(scope)
-            raise
-        self._note(scope, access.expires_on)
-        return access.token
+        return (await self._get(scope, claims, None)).token
 
     async def token_info(
         self, scope: str, *, options: TokenRequestOptions | None = None
@@ -222,19 +202,20 @@ class TokenProvider:
             ValueError: ``scope`` is not one scope string.
             azure.core.exceptions.ClientAuthenticationError: No token could be obtained.
         """
-        credential: Any = self._credential
+        return await self._get(scope, None, options)
+
+    async def _get(
+        self, scope: str, claims: str | None, options: TokenRequestOptions | None
+    ) -> AccessTokenInfo:
         try:
-            if hasattr(credential, "get_token_info"):
-                info: AccessTokenInfo = await credential.get_token_info(scope, options=options)
-            else:  # an AsyncTokenCredential without the token-info protocol
-                claims = (options or {}).get("claims")
-                access = await self._credential.get_token(scope, claims=claims)
-                info = AccessTokenInfo(access.token, access.expires_on)
+            info = await self._tokens.get_token_info(scope, claims=claims, options=options)
         except ClientAuthenticationError as exc:
             self._failed(scope, exc)
             raise
         except TypeError:
-            validate_scope(scope)
+            # An unhashable "scope" (a list of scopes) fails in the credential's cache lookup;
+            # say what is wrong instead. Checked here so that the common path pays nothing.
+            check_scope(scope)
             raise
         self._note(scope, info.expires_on)
         return info
@@ -334,6 +315,7 @@ class TokenProvider:
 
     def _reset(self, credential: AsyncTokenCredential) -> None:
         """Use ``credential`` from now on and forget what was known about the previous one."""
+        self._tokens = TokenAdapter(credential)
         self._credential = credential
         self._expiries.clear()
         self._last_error = None

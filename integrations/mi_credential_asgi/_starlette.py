@@ -13,8 +13,10 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from mi_credential.http import check_scope
+
 from ._problem import PROBLEM_CONTENT_TYPE, PROBLEM_STATUS, problem_details
-from ._provider import TokenProvider, describe_error, validate_scope
+from ._provider import TokenProvider, describe_error
 from ._types import DEFAULT_STATE_NAME
 
 if TYPE_CHECKING:
@@ -95,7 +97,8 @@ def bearer_token(
     Raises:
         ValueError: ``scope`` is not one scope string, or ``name`` is not an identifier.
     """
-    return _bearer_token(validate_scope(scope), _validate_name(name))
+    check_scope(scope)
+    return _bearer_token(scope, _validate_name(name))
 
 
 @functools.lru_cache(maxsize=256)

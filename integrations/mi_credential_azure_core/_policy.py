@@ -7,13 +7,13 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar, cast
 
-from azure.core.credentials import AccessToken, AccessTokenInfo, TokenRequestOptions
+from azure.core.credentials import TokenRequestOptions
 from azure.core.credentials_async import AsyncSupportsTokenInfo, AsyncTokenCredential
 from azure.core.exceptions import HttpResponseError, ServiceRequestError
 from azure.core.pipeline import PipelineRequest, PipelineResponse
 from azure.core.pipeline.policies import AsyncHTTPPolicy
 
-from ._challenge import claims_from_challenge
+from mi_credential.http import TokenAdapter, check_scope, claims_challenge
 
 _logger = logging.getLogger("mi_credential_azure_core")
 
@@ -26,7 +26,6 @@ TokenProvider = AsyncTokenCredential | AsyncSupportsTokenInfo
 _HTTPS_MESSAGE = (
     "Bearer token authentication is not permitted for non-TLS protected (non-https) URLs."
 )
-_OPTION_KEYS = frozenset(TokenRequestOptions.__annotations__)
 
 
 class BearerTokenPolicy(AsyncHTTPPolicy[HTTPRequestType, AsyncHTTPResponseType]):
@@ -69,19 +68,19 @@ class BearerTokenPolicy(AsyncHTTPPolicy[HTTPRequestType, AsyncHTTPResponseType])
 
     Raises:
         TypeError: ``credential`` has neither ``get_token_info`` nor ``get_token``.
-        ValueError: No scope, or a scope that is not a non-empty string.
+        ValueError: No scope, or one that is not a scope (see
+            :func:`mi_credential.http.check_scope`).
     """
 
     def __init__(
         self, credential: TokenProvider, *scopes: str, enable_cae: bool = False, **kwargs: Any
     ) -> None:
         super().__init__()
-        _check_credential(credential)
+        self._tokens = TokenAdapter(credential)
         _check_scopes(scopes)
         self._credential = credential
         self._scopes = scopes
         self._enable_cae = bool(enable_cae)
-        self._has_token_info = hasattr(credential, "get_token_info")
         # Chosen once, so the per-request path builds no options; ``None`` (no CAE) keeps
         # ManagedIdentityCredential on its cache-hit fast path.
         self._options: TokenRequestOptions | None = (
@@ -155,14 +154,8 @@ class BearerTokenPolicy(AsyncHTTPPolicy[HTTPRequestType, AsyncHTTPResponseType])
             # there, even in a pipeline without azure-core's SensitiveHeaderCleanupPolicy.
             cast(Any, request.http_request).headers.pop("Authorization", None)
             return
-        if self._has_token_info:
-            info = await cast(AsyncSupportsTokenInfo, self._credential).get_token_info(
-                *self._scopes, options=self._options
-            )
-            token = info.token
-        else:
-            token = (await self._get_token_legacy(*self._scopes)).token
-        cast(Any, request.http_request).headers["Authorization"] = "Bearer " + token
+        info = await self._tokens.get_token_info(*self._scopes, options=self._options)
+        cast(Any, request.http_request).headers["Authorization"] = "Bearer " + info.token
 
     async def authorize_request(
         self, request: PipelineRequest[HTTPRequestType], *scopes: str, **kwargs: Any
@@ -180,17 +173,8 @@ class BearerTokenPolicy(AsyncHTTPPolicy[HTTPRequestType, AsyncHTTPResponseType])
         """
         if self._enable_cae:
             kwargs.setdefault("enable_cae", True)
-        if self._has_token_info:
-            options = cast(
-                TokenRequestOptions, {k: kwargs.pop(k) for k in list(kwargs) if k in _OPTION_KEYS}
-            )
-            info = await cast(AsyncSupportsTokenInfo, self._credential).get_token_info(
-                *scopes, options=options or None
-            )
-            token = info.token
-        else:
-            token = (await self._get_token_legacy(*scopes, **kwargs)).token
-        cast(Any, request.http_request).headers["Authorization"] = "Bearer " + token
+        info = await self._tokens.get_token_info(*scopes, **kwargs)
+        cast(Any, request.http_request).headers["Authorization"] = "Bearer " + info.token
 
     async def on_challenge(
         self,
@@ -210,7 +194,7 @@ class BearerTokenPolicy(AsyncHTTPPolicy[HTTPRequestType, AsyncHTTPResponseType])
             Whether the request was authorized again and should be resent.
         """
         headers = cast(Any, response.http_response).headers
-        claims = claims_from_challenge(headers.get("WWW-Authenticate"))
+        claims = claims_challenge(headers.get("WWW-Authenticate"))
         if claims is None:
             return False
         _logger.debug("Answering a claims challenge with a new token for %s", self._scopes)
@@ -244,12 +228,6 @@ class BearerTokenPolicy(AsyncHTTPPolicy[HTTPRequestType, AsyncHTTPResponseType])
         """
         return None
 
-    async def _get_token_legacy(self, *scopes: str, **kwargs: Any) -> AccessToken:
-        if self._enable_cae:
-            kwargs.setdefault("enable_cae", True)
-        credential: AsyncTokenCredential = self._credential  # type: ignore[assignment]
-        return await credential.get_token(*scopes, **kwargs)
-
 
 def get_bearer_token_provider(
     credential: TokenProvider, *scopes: str
@@ -269,24 +247,14 @@ def get_bearer_token_provider(
 
     Raises:
         TypeError: ``credential`` has neither ``get_token_info`` nor ``get_token``.
-        ValueError: No scope, or a scope that is not a non-empty string.
+        ValueError: No scope, or one that is not a scope (see
+            :func:`mi_credential.http.check_scope`).
     """
-    _check_credential(credential)
+    tokens = TokenAdapter(credential)
     _check_scopes(scopes)
 
-    if hasattr(credential, "get_token_info"):
-        get_info = cast(AsyncSupportsTokenInfo, credential).get_token_info
-
-        async def provide_token() -> str:
-            info: AccessTokenInfo = await get_info(*scopes)
-            return info.token
-
-    else:
-        get_token = credential.get_token
-
-        async def provide_token() -> str:
-            token: AccessToken = await get_token(*scopes)
-            return token.token
+    async def provide_token() -> str:
+        return (await tokens.get_token_info(*scopes)).token
 
     return provide_token
 
@@ -307,22 +275,10 @@ async def _maybe_await(result: Awaitable[None] | None) -> None:
         await result
 
 
-def _check_credential(credential: object) -> None:
-    if not (
-        callable(getattr(credential, "get_token_info", None))
-        or callable(getattr(credential, "get_token", None))
-    ):
-        raise TypeError(
-            f"credential must have an async get_token_info or get_token method, not "
-            f"{type(credential).__name__}."
-        )
-
-
 def _check_scopes(scopes: tuple[Any, ...]) -> None:
     if not scopes:
         raise ValueError(
             "At least one scope is required, such as 'https://storage.azure.com/.default'."
         )
     for scope in scopes:
-        if not isinstance(scope, str) or not scope.strip():
-            raise ValueError(f"Each scope must be a non-empty string, not {scope!r}.")
+        check_scope(scope)

@@ -1,8 +1,10 @@
-"""Which URLs get a token (pure), configuration errors, and Bearer challenge parsing."""
+"""Which URLs get a token (pure) and configuration errors.
+
+Bearer challenge parsing is tested with the rest of ``mi_credential.http`` in tests/test_http.py.
+"""
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 import pytest
@@ -10,7 +12,6 @@ from yarl import URL
 
 import mi_credential_aiohttp
 from mi_credential_aiohttp import BearerTokenMiddleware, InsecureTransportError
-from mi_credential_aiohttp._challenge import bearer_challenge, decode_claims, parse_challenges
 from mi_credential_aiohttp._origins import OriginPolicy
 
 SCOPE = "api://contoso-api/.default"
@@ -159,64 +160,3 @@ def test_a_non_credential_is_a_type_error() -> None:
 def test_repr_names_origins_and_scopes() -> None:
     middleware = BearerTokenMiddleware(Credential(), {"api.contoso.com": SCOPE})
     assert repr(middleware) == f"BearerTokenMiddleware({{'api.contoso.com': '{SCOPE}'}})"
-
-
-# -- challenges --------------------------------------------------------------------------------
-
-
-def _b64(text: str, *, urlsafe: bool = True, pad: bool = False) -> str:
-    encoded = (base64.urlsafe_b64encode if urlsafe else base64.b64encode)(text.encode()).decode()
-    return encoded if pad else encoded.rstrip("=")
-
-
-CAE = '{"access_token":{"nbf":{"essential":true,"value":"1726077595"}}}'
-
-
-@pytest.mark.parametrize(
-    ("values", "expected"),
-    [
-        (['Bearer realm="", error="invalid_token"'], {"realm": "", "error": "invalid_token"}),
-        (["bearer error=invalid_token"], {"error": "invalid_token"}),
-        (['Basic realm="a", Bearer realm="b"'], {"realm": "b"}),
-        (['Negotiate abc==, Bearer realm="c"'], {"realm": "c"}),
-        (
-            ['Basic realm="a"', 'Bearer claims="x", error="insufficient_claims"'],
-            {"claims": "x", "error": "insufficient_claims"},
-        ),
-        (
-            ['Bearer realm="quo\\"ted, with comma", scope="a b"'],
-            {"realm": 'quo"ted, with comma', "scope": "a b"},
-        ),
-        (["Bearer"], {}),
-        (['Basic realm="a"'], None),
-        ([""], None),
-        (['realm="orphan"'], None),
-        (["Bearer ,,, = realm"], {}),
-    ],
-)
-def test_bearer_challenge(values: list[str], expected: dict[str, str] | None) -> None:
-    challenge = bearer_challenge(values)
-    assert (challenge.params if challenge else None) == expected
-
-
-def test_parse_challenges_keeps_every_scheme() -> None:
-    schemes = [c.scheme for c in parse_challenges(['Digest nonce="n", qop="auth", Bearer, NTLM'])]
-    assert schemes == ["digest", "bearer", "ntlm"]
-
-
-@pytest.mark.parametrize(
-    ("encoded", "expected"),
-    [
-        (_b64(CAE), CAE),
-        (_b64(CAE, pad=True), CAE),
-        (_b64('{"a": "?>?>"}', urlsafe=False), '{"a": "?>?>"}'),
-        (_b64('{"a": "?>?>"}'), '{"a": "?>?>"}'),
-        (_b64("[1, 2]"), None),
-        (_b64("not json"), None),
-        ("%%%", None),
-        ("", None),
-        (base64.urlsafe_b64encode(b"\xff\xfe{}").decode(), None),  # not UTF-8
-    ],
-)
-def test_decode_claims(encoded: str, expected: str | None) -> None:
-    assert decode_claims(encoded) == expected

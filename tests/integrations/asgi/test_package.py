@@ -8,10 +8,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import mi_credential
+import mi_credential.http
+import mi_credential_aiohttp
 import mi_credential_asgi
+import mi_credential_azure_core
 
 PACKAGE = Path(mi_credential_asgi.__file__).parent
+
+#: The core's public modules, each with what it exports: all an integration may import from it.
+PUBLIC_CORE = {
+    "mi_credential": set(mi_credential.__all__),
+    "mi_credential.http": set(mi_credential.http.__all__),
+}
 
 
 def test_all_is_complete_and_exact() -> None:
@@ -42,17 +53,56 @@ def test_importing_needs_no_framework() -> None:
     assert result.stdout.strip() == "[]"
 
 
-def test_imports_only_the_public_core_api() -> None:
-    for path in PACKAGE.glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                assert not node.module.startswith("mi_credential."), (path.name, node.module)
-                if node.module == "mi_credential":
-                    for alias in node.names:
-                        assert alias.name in mi_credential.__all__, (path.name, alias.name)
-            elif isinstance(node, ast.Import):
-                for alias in node.names:
-                    assert not alias.name.startswith("mi_credential."), (path.name, alias.name)
+def private_core_imports(source: str) -> list[str]:
+    """The imports in ``source`` of core names that ``mi_credential`` and ``mi_credential.http``
+    do not export (private modules included)."""
+    bad: list[str] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module.split(".")[0] == "mi_credential":
+                exported = PUBLIC_CORE.get(node.module, set())
+                bad += [f"{node.module}.{a.name}" for a in node.names if a.name not in exported]
+        elif isinstance(node, ast.Import):
+            bad += [
+                alias.name
+                for alias in node.names
+                if alias.name.split(".")[0] == "mi_credential" and alias.name not in PUBLIC_CORE
+            ]
+    return bad
+
+
+@pytest.mark.parametrize(
+    "package",
+    [
+        Path(inspect.getfile(module)).parent
+        for module in (mi_credential_asgi, mi_credential_aiohttp, mi_credential_azure_core)
+    ],
+    ids=lambda path: path.name,
+)
+def test_imports_only_the_public_core_api(package: Path) -> None:
+    """This integration and its siblings import from the core only what ``mi_credential`` and
+    ``mi_credential.http`` export."""
+    for path in package.glob("*.py"):
+        assert private_core_imports(path.read_text(encoding="utf-8")) == [], path.name
+
+
+@pytest.mark.parametrize(
+    ("source", "refused"),
+    [
+        ("from mi_credential import ManagedIdentityCredential", []),
+        ("from mi_credential.http import TokenAdapter, check_scope", []),
+        ("import mi_credential, mi_credential.http", []),
+        ("import mi_credential_asgi._types", []),
+        ("from mi_credential import _credential", ["mi_credential._credential"]),
+        ("from mi_credential import http", ["mi_credential.http"]),
+        ("from mi_credential.http import _OPTION_KEYS", ["mi_credential.http._OPTION_KEYS"]),
+        ("from mi_credential._sources import Target", ["mi_credential._sources.Target"]),
+        ("from mi_credential.emulator import Emulator", ["mi_credential.emulator.Emulator"]),
+        ("import mi_credential._errors", ["mi_credential._errors"]),
+    ],
+)
+def test_the_import_check_refuses_what_is_not_exported(source: str, refused: list[str]) -> None:
+    assert private_core_imports(source) == refused
 
 
 def test_typed() -> None:

@@ -262,6 +262,37 @@ async def test_undecodable_claims_are_not_answered(
     assert len(resource_server.authorizations) == 1
 
 
+@pytest.mark.parametrize(
+    "claims",
+    [base64.urlsafe_b64encode(text.encode()).decode() for text in ("[1, 2]", "not json", '"x"')],
+    ids=["json-array", "not-json", "json-string"],
+)
+async def test_claims_that_are_not_a_json_object_are_not_answered(
+    policy_kind: str,
+    claims: str,
+    credential: ManagedIdentityCredential,
+    emulator: Emulator,
+    resource_server: ResourceServer,
+    clients: Any,
+) -> None:
+    """Claims are a JSON object (the claims request parameter of OpenID Connect): anything else
+    is not a claims challenge, so no token request bypasses the cache for it. azure-core's
+    policy sends any decodable text to the credential as claims and retries."""
+    client = clients(resource_server.url, POLICIES[policy_kind](credential, SCOPE))
+    resource_server.replies.append(
+        challenge(f'Bearer error="insufficient_claims", claims="{claims}"')
+    )
+    response = await client.send("GET")
+    if policy_kind == "azure-core":
+        assert response.status_code == 200
+        assert token_requests(emulator) == 2
+        assert len(resource_server.authorizations) == 2
+    else:
+        assert response.status_code == 401
+        assert token_requests(emulator) == 1
+        assert len(resource_server.authorizations) == 1
+
+
 async def test_a_failed_claims_refresh_raises_from_the_401(
     policy_kind: str,
     credential: ManagedIdentityCredential,
