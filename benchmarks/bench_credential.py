@@ -295,18 +295,18 @@ async def _herds(
 
 @contextlib.contextmanager
 def _acquisitions_started_lazily() -> Iterator[None]:
-    from mi_credential import _credential
+    from mi_credential import _cache
 
-    eager = _credential._start_task
+    eager = _cache._start_task
 
     def lazy(coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         return asyncio.get_running_loop().create_task(coroutine)
 
-    _credential._start_task = lazy
+    _cache._start_task = lazy
     try:
         yield
     finally:
-        _credential._start_task = eager
+        _cache._start_task = eager
 
 
 async def _gather_floor(size: int) -> float:

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
+from . import _constants
 from ._constants import IMDS_DEFAULT_AUTHORITY, IMDS_TOKEN_PATH
 from ._constants import EnvironmentVariables as Env
 from ._models import Identity, IdentityKind, ManagedIdentitySource
@@ -38,6 +39,8 @@ class SourceConfig(NamedTuple):
         tenant_id: Workload identity's tenant.
         client_id: Workload identity's client id from ``AZURE_CLIENT_ID``.
         token_file: Workload identity's federated token file.
+        key_directory: Azure Arc's key directory: a challenge's key file is read only from
+            here (``None``: Azure Arc is not supported on this platform).
     """
 
     source: ManagedIdentitySource
@@ -48,6 +51,7 @@ class SourceConfig(NamedTuple):
     tenant_id: str | None = None
     client_id: str | None = None
     token_file: str | None = None
+    key_directory: str | None = None
 
     def __repr__(self) -> str:
         secret = ", secret='****'" if self.secret else ""
@@ -59,13 +63,19 @@ class SourceConfig(NamedTuple):
 
 
 def detect_source(
-    environ: Mapping[str, str], *, exclude_workload_identity: bool = False
+    environ: Mapping[str, str],
+    *,
+    exclude_workload_identity: bool = False,
+    arc_key_directory: str | None = None,
 ) -> SourceConfig | None:
     """Pick the hosting source from environment variables.
 
     Args:
         environ: The environment (``os.environ`` or any mapping).
         exclude_workload_identity: Skip rule 6 even if its variables are set.
+        arc_key_directory: Azure Arc's key directory (default: the platform's,
+            :data:`mi_credential._constants.ARC_KEY_DIRECTORY`). Never read from the
+            environment, so a hostile environment cannot widen it.
 
     Returns:
         The source configuration, or ``None`` when ``IDENTITY_ENDPOINT`` is set without
@@ -105,6 +115,7 @@ def detect_source(
                 ManagedIdentitySource.AZURE_ARC,
                 _url(Env.IDENTITY_ENDPOINT, identity_endpoint),
                 "IDENTITY_ENDPOINT and IMDS_ENDPOINT are set",
+                key_directory=arc_key_directory or _constants.ARC_KEY_DIRECTORY,
             )
         return None
 

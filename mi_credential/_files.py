@@ -8,20 +8,30 @@ import stat
 
 from . import _constants
 from ._errors import CredentialUnavailableError, ManagedIdentityError
-from ._models import ManagedIdentitySource
+from ._models import FileRead, LocalFile, ManagedIdentitySource
 
 _ARC = ManagedIdentitySource.AZURE_ARC
 
 
-def read_arc_key(path: str) -> str:
+def read_local_file(step: FileRead) -> str:
+    """Do a token flow's file read.
+
+    Raises:
+        ManagedIdentityError: The file fails a check or cannot be read.
+    """
+    if step.kind is LocalFile.ARC_KEY:
+        return read_arc_key(step.path, step.directory)
+    return read_federated_token(step.path)
+
+
+def read_arc_key(path: str, directory: str | None) -> str:
     """Read the key file an Azure Arc challenge names, after checking that it is a regular
-    file directly inside :data:`~mi_credential._constants.ARC_KEY_DIRECTORY`, named ``*.key``,
-    and at most 4096 bytes.
+    file directly inside ``directory`` (the agent's key directory), named ``*.key``, and at
+    most 4096 bytes.
 
     Raises:
         ManagedIdentityError: The path or the file fails a check, or cannot be read.
     """
-    directory = _constants.ARC_KEY_DIRECTORY
     if directory is None:
         raise _key_error(path, f"Azure Arc is not supported on this platform ({os.name})")
     if not path or not os.path.isabs(path):

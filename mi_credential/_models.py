@@ -160,6 +160,24 @@ class RawResponse(NamedTuple):
         return self.headers.get(name.lower())
 
 
+class LocalFile(str, enum.Enum):
+    """The local files a token flow may ask to read; their contents are secrets."""
+
+    ARC_KEY = "arc_key"
+    """The key file an Azure Arc challenge names, read only from the agent's key directory."""
+    FEDERATED_TOKEN = "federated_token"
+    """Workload identity's federated service account token (the kubelet rotates it)."""
+
+
+class FileRead(NamedTuple):
+    """A token flow's step: read a local file and send its text back into the flow."""
+
+    kind: LocalFile
+    path: str
+    directory: str | None = None
+    """Azure Arc: the directory the file must lie directly in."""
+
+
 class ParsedToken(NamedTuple):
     """A token parsed from a successful response, with times in epoch seconds."""
 

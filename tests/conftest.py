@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-import mi_credential._constants as constants
 from mi_credential import ManagedIdentityCredential, ManagedIdentitySource
 from mi_credential._constants import EnvironmentVariables
 from mi_credential.emulator import Emulator
@@ -104,10 +103,9 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-async def emulator(clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Emulator]:
+async def emulator(clock: FakeClock) -> AsyncIterator[Emulator]:
     async with Emulator(clock=clock) as emu:
         _emulators.append(emu)
-        monkeypatch.setattr(constants, "ARC_KEY_DIRECTORY", emu.arc_key_dir)
         yield emu
 
 
@@ -131,6 +129,7 @@ async def make_credential(
         kwargs.setdefault("clock", clock)
         kwargs.setdefault("sleep", clock.sleep)
         kwargs.setdefault("connection_verify", emulator.ca_file)
+        kwargs.setdefault("arc_key_directory", emulator.arc_key_dir)
         credential = ManagedIdentityCredential(**kwargs)
         created.append(credential)
         return credential

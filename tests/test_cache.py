@@ -18,13 +18,16 @@ SCOPE = "https://storage.azure.com/.default"
 async def test_a_thousand_cold_callers_make_one_request(
     emulator: Emulator, make_credential: CredentialFactory
 ) -> None:
-    emulator.latency = 0.01  # keep the request in flight while everyone arrives
     credential = make_credential(S.IMDS)
-    coalesced_before = credential._counts.coalesced
-    tokens = await asyncio.gather(*(credential.get_token(SCOPE) for _ in range(1000)))
+    coalesced_before = credential._cache.stats.coalesced
+    with emulator.hold():  # keep the request in flight while everyone arrives
+        callers = [asyncio.ensure_future(credential.get_token(SCOPE)) for _ in range(1000)]
+        await asyncio.sleep(0)  # every caller's first step: all of them are waiting now
+        await emulator.wait_for_requests(1)
+    tokens = await asyncio.gather(*callers)
     assert len(emulator.requests) == 1
     assert len({t.token for t in tokens}) == 1
-    assert credential._counts.coalesced - coalesced_before == 999
+    assert credential._cache.stats.coalesced - coalesced_before == 999
 
 
 async def test_cached_token_is_served_without_a_request(
@@ -57,10 +60,11 @@ async def test_stale_token_is_served_while_one_background_refresh_runs(
     credential = make_credential(S.APP_SERVICE)
     old = await credential.get_token(SCOPE)
     clock.advance(43200 + 1)  # past refresh_on (half of 24 h)
-    emulator.latency = 0.05
-    served = await asyncio.gather(*(credential.get_token(SCOPE) for _ in range(50)))
-    assert {t.token for t in served} == {old.token}  # at once, without waiting
-    await asyncio.sleep(0.2)
+    with emulator.hold():  # the refresh stays in flight while the callers are served
+        served = await asyncio.gather(*(credential.get_token(SCOPE) for _ in range(50)))
+        assert {t.token for t in served} == {old.token}  # at once, without waiting
+        await emulator.wait_for_requests(2)
+    await credential._cache.settle()
     assert len(emulator.requests) == 2  # exactly one refresh
     new = await credential.get_token(SCOPE)
     assert new.token != old.token
@@ -75,20 +79,20 @@ async def test_failed_background_refresh_keeps_serving_and_backs_off(
     clock.advance(43200 + 1)
     emulator.add_fault(Fault.status_code(500, times=None))
     assert (await credential.get_token(SCOPE)).token == old.token
-    await asyncio.sleep(0.05)
+    await credential._cache.settle()
     refresh_attempts = len(emulator.requests) - 1
     assert refresh_attempts == 4  # one background refresh, its retries included
     # Within the back-off no new refresh starts, and the valid token keeps coming.
     for _ in range(5):
         assert (await credential.get_token(SCOPE)).token == old.token
-    await asyncio.sleep(0.05)
+    await credential._cache.settle()
     assert len(emulator.requests) - 1 == refresh_attempts
     assert "Background refresh of the token for https://storage.azure.com failed" in caplog.text
     # After the back-off, another refresh is tried; once the endpoint recovers, a new token.
     emulator.faults.clear()
     clock.advance(31)
     await credential.get_token(SCOPE)
-    await asyncio.sleep(0.05)
+    await credential._cache.settle()
     assert (await credential.get_token(SCOPE)).token != old.token
 
 
@@ -122,12 +126,12 @@ async def test_failure_reaches_every_waiter(
 async def test_cancelled_waiter_does_not_cancel_the_shared_acquisition(
     emulator: Emulator, make_credential: CredentialFactory
 ) -> None:
-    emulator.latency = 0.1
     credential = make_credential(S.IMDS)
-    first = asyncio.ensure_future(credential.get_token(SCOPE))
-    second = asyncio.ensure_future(credential.get_token(SCOPE))
-    await asyncio.sleep(0.02)
-    first.cancel()
+    with emulator.hold():
+        first = asyncio.ensure_future(credential.get_token(SCOPE))
+        second = asyncio.ensure_future(credential.get_token(SCOPE))
+        await emulator.wait_for_requests(1)
+        first.cancel()
     token = await second
     assert first.cancelled()
     assert emulator.verify(token.token)
@@ -137,12 +141,13 @@ async def test_cancelled_waiter_does_not_cancel_the_shared_acquisition(
 async def test_all_waiters_cancelled_acquisition_still_fills_the_cache(
     emulator: Emulator, make_credential: CredentialFactory
 ) -> None:
-    emulator.latency = 0.05
     credential = make_credential(S.IMDS)
-    waiter = asyncio.ensure_future(credential.get_token(SCOPE))
-    await asyncio.sleep(0.01)
-    waiter.cancel()
-    await asyncio.sleep(0.1)
+    with emulator.hold():
+        waiter = asyncio.ensure_future(credential.get_token(SCOPE))
+        await emulator.wait_for_requests(1)
+        waiter.cancel()
+    await credential._cache.settle()
+    assert waiter.cancelled()
     await credential.get_token(SCOPE)
     assert len(emulator.requests) == 1
 
@@ -172,7 +177,7 @@ async def test_server_refresh_in_is_honoured(
     assert info.refresh_on == int(clock()) + 600
     clock.advance(601)
     await credential.get_token(SCOPE)
-    await asyncio.sleep(0.05)
+    await credential._cache.settle()
     assert len(emulator.requests) == 2
 
 
@@ -188,7 +193,7 @@ async def test_short_lived_tokens_refresh_five_minutes_before_expiry(
     assert len(emulator.requests) == 1
     clock.advance(2)
     await credential.get_token(SCOPE)  # advisory: served, refreshed behind
-    await asyncio.sleep(0.05)
+    await credential._cache.settle()
     assert len(emulator.requests) == 2
 
 
@@ -240,10 +245,10 @@ async def test_a_closed_credential_fails_clearly(make_credential: CredentialFact
 
 
 async def test_close_while_acquiring(emulator: Emulator, make_credential: CredentialFactory) -> None:
-    emulator.latency = 0.2
     credential = make_credential(S.IMDS)
+    emulator.hold()  # released when the emulator closes
     waiter = asyncio.ensure_future(credential.get_token(SCOPE))
-    await asyncio.sleep(0.02)
+    await emulator.wait_for_requests(1)
     await credential.close()
     with pytest.raises(ManagedIdentityError, match="closed"):
         await waiter

@@ -28,9 +28,8 @@ def closed_port() -> int:
 async def test_each_source_is_detected_and_healthy(
     emulator: Emulator, clock: FakeClock, source: S
 ) -> None:
-    diagnosis = await diagnose(
-        emulator.environ(source), connection_verify=emulator.ca_file, clock=clock, sleep=clock.sleep
-    )
+    options = emulator.client_options(source)
+    diagnosis = await diagnose(options.pop("environ"), **options, clock=clock, sleep=clock.sleep)
     assert diagnosis.healthy, diagnosis.render()
     assert diagnosis.source is source
     text = diagnosis.render()

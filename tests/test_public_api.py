@@ -125,7 +125,14 @@ async def test_credentials_on_a_loop_share_one_session_closed_when_idle(
         assert session is not None and not session.closed
         await second.get_token(SCOPE)
         assert shared.session is session  # one session, one pool of warm connections
-        await asyncio.sleep(0.2)  # idle past the (shortened) idle time: closed
+        # Idle past the (shortened) idle time: closed. Wait for the idle timer itself.
+        assert shared.idle_timer is not None
+        loop = asyncio.get_running_loop()
+        idle_passed = loop.create_future()
+        loop.call_at(shared.idle_timer.when() + 0.001, idle_passed.set_result, None)
+        await asyncio.wait_for(idle_passed, 5)
+        assert shared.closing is not None
+        await shared.closing
         assert session.closed and shared.session is None
         await first.get_token("https://vault.azure.net/.default")  # a new one when needed
         assert shared.session is not None
@@ -143,7 +150,8 @@ async def test_credentials_created_alike_share_configuration_not_tokens(
     ):
         # Immutable configuration and telemetry are shared, not copied into each credential.
         assert first._source is second._source and first._config is second._config
-        assert first._telemetry is second._telemetry
+        assert first._acquirer is not None and second._acquirer is not None
+        assert first._acquirer.recorder is second._acquirer.recorder
         assert other._source is not first._source
         assert other._source is not None and other._source.identity.value == "cid"
         # Caches are not shared: each credential asks for its own token.

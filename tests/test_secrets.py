@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-import mi_credential._constants as constants
 from mi_credential import ManagedIdentityCredential, ManagedIdentityError
 from mi_credential import ManagedIdentitySource as S
 from mi_credential.emulator import Emulator, Fault
@@ -23,12 +22,9 @@ SCOPE = "https://storage.azure.com/.default"
 
 
 @pytest.fixture
-async def canary_emulator(
-    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[Emulator]:
+async def canary_emulator(clock: FakeClock) -> AsyncIterator[Emulator]:
     async with Emulator(clock=clock, secret=CANARY_HEADER) as emu:
         register_emulator(emu)
-        monkeypatch.setattr(constants, "ARC_KEY_DIRECTORY", emu.arc_key_dir)
         yield emu
 
 
@@ -51,13 +47,8 @@ def assert_clean(text: str, emulator: Emulator) -> None:
 
 
 async def failure(emulator: Emulator, source: S, clock: FakeClock, **kwargs) -> BaseException:
-    credential = ManagedIdentityCredential(
-        environ=kwargs.pop("environ", emulator.environ(source)),
-        clock=clock,
-        sleep=clock.sleep,
-        connection_verify=emulator.ca_file,
-        **kwargs,
-    )
+    options = {**emulator.client_options(source), **kwargs}
+    credential = ManagedIdentityCredential(clock=clock, sleep=clock.sleep, **options)
     async with credential:
         with pytest.raises(ManagedIdentityError) as caught:
             await credential.get_token(SCOPE)

@@ -16,9 +16,10 @@ from mi_credential import (
 )
 from mi_credential import ManagedIdentitySource as S
 from mi_credential._environment import SourceConfig, build_identity
-from mi_credential._models import RawResponse, TokenRequest
+from mi_credential._models import FileRead, LocalFile, RawResponse, TokenRequest
 from mi_credential._sources import Target, create_source, scope_to_resource
-from mi_credential._sources._base import build_url, parse_epoch, refresh_time
+from mi_credential._sources._base import build_url
+from mi_credential._sources._parse import parse_epoch, refresh_time
 from mi_credential._sources.workload_identity import merge_cae_claims
 
 NOW = 1_800_000_000
@@ -324,6 +325,84 @@ def test_arc_challenge_header(header, ok) -> None:
     else:
         with pytest.raises(ManagedIdentityError, match="WWW-Authenticate"):
             src.challenge_path(resp)
+
+
+# -- flows: one attempt, stepped by hand ----------------------------------------------------------
+
+ARC_CHALLENGE = RawResponse(401, "Unauthorized", {"www-authenticate": "Basic realm=/keys/a.key"})
+OK = RawResponse(200, "OK", {}, b"{}")
+
+
+def source_for(source: S, **config):
+    return create_source(CONFIGS[source]._replace(**config), build_identity(None, None))
+
+
+@pytest.mark.parametrize("source", [s for s in S if s not in (S.AZURE_ARC, S.WORKLOAD_IDENTITY)])
+def test_a_plain_flow_sends_one_request_and_returns_its_response(source: S) -> None:
+    src = source_for(source)
+    target = src.target(["https://r/.default"], None)
+    flow = src.flow(target, None)
+    request = next(flow)
+    assert request == src.build_request(target)
+    with pytest.raises(StopIteration) as done:
+        flow.send(ARC_CHALLENGE)  # whatever the status: classifying it is not the flow's job
+    assert done.value.value is ARC_CHALLENGE
+
+
+def test_the_arc_flow_answers_a_challenge_once_with_the_key_file() -> None:
+    src = source_for(S.AZURE_ARC, key_directory="/keys")
+    flow = src.flow(Target("https://r"), None)
+    first = next(flow)
+    assert isinstance(first, TokenRequest) and "Authorization" not in dict(first.headers)
+    step = flow.send(ARC_CHALLENGE)
+    assert step == FileRead(LocalFile.ARC_KEY, "/keys/a.key", "/keys")
+    answered = flow.send("the-key")
+    assert isinstance(answered, TokenRequest)
+    assert dict(answered.headers)["Authorization"] == "Basic the-key"
+    assert "the-key" in answered.secrets and "the-key" not in repr(answered)
+    assert answered.url == first.url
+    with pytest.raises(StopIteration) as done:
+        flow.send(ARC_CHALLENGE)  # a second challenge is not answered again
+    assert done.value.value is ARC_CHALLENGE
+
+
+def test_the_arc_flow_returns_any_other_first_answer() -> None:
+    flow = source_for(S.AZURE_ARC).flow(Target("https://r"), None)
+    next(flow)
+    with pytest.raises(StopIteration) as done:
+        flow.send(OK)
+    assert done.value.value is OK
+
+
+def test_the_workload_identity_flow_reads_the_federated_token_then_exchanges_it() -> None:
+    src = source_for(S.WORKLOAD_IDENTITY)
+    target = src.target(["https://r/.default"], None, enable_cae=True)
+    claims = src.sent_claims(target, None)
+    assert claims == '{"access_token":{"xms_cc":{"values":["CP1"]}}}'
+    flow = src.flow(target, claims)
+    assert next(flow) == FileRead(LocalFile.FEDERATED_TOKEN, "/f")
+    request = flow.send("federated-jwt")
+    assert isinstance(request, TokenRequest)
+    form = dict(request.form or ())
+    assert form["client_assertion"] == "federated-jwt" and form["claims"] == claims
+    assert "federated-jwt" in request.secrets
+    with pytest.raises(StopIteration) as done:
+        flow.send(OK)
+    assert done.value.value is OK
+
+
+def test_claims_are_sent_by_workload_identity_only() -> None:
+    wi = source_for(S.WORKLOAD_IDENTITY)
+    plain = wi.target(["https://r/.default"], None)
+    cae = wi.target(["https://r/.default"], None, enable_cae=True)
+    assert plain != cae  # CAE-capable tokens are cached apart
+    assert wi.sent_claims(plain, '{"a":1}') == '{"a":1}'
+    assert wi.sent_claims(plain, "") is None
+    assert wi.sent_claims(cae, '{"a":1}') == '{"a":1,"access_token":{"xms_cc":{"values":["CP1"]}}}'
+    imds = source_for(S.IMDS)
+    target = imds.target(["https://r/.default"], None, enable_cae=True)
+    assert target == Target("https://r")  # CAE means nothing to managed identity endpoints
+    assert imds.sent_claims(target, '{"a":1}') is None
 
 
 # -- errors ---------------------------------------------------------------------------------------

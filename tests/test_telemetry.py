@@ -69,8 +69,8 @@ def telemetry() -> Iterator[Telemetry]:
 
 def credential_for(emulator: Emulator, clock: FakeClock, telemetry: Telemetry, source=S.APP_SERVICE, **kwargs):
     return ManagedIdentityCredential(
-        environ=emulator.environ(source), clock=clock, sleep=clock.sleep,
-        connection_verify=emulator.ca_file, **telemetry.kwargs(), **kwargs,
+        **emulator.client_options(source), clock=clock, sleep=clock.sleep,
+        **telemetry.kwargs(), **kwargs,
     )
 
 
@@ -176,14 +176,16 @@ async def test_connection_errors_on_attempt_spans(clock: FakeClock, telemetry: T
 
 
 async def test_metric_points(emulator: Emulator, clock: FakeClock, telemetry: Telemetry) -> None:
-    emulator.latency = 0.05
     async with credential_for(emulator, clock, telemetry, source=S.IMDS) as credential:
-        await asyncio.gather(*(credential.get_token(SCOPE) for _ in range(10)))  # 1 miss, 9 join
+        with emulator.hold():  # the first acquisition is in flight while the others arrive
+            callers = asyncio.gather(*(credential.get_token(SCOPE) for _ in range(10)))
+            await emulator.wait_for_requests(1)
+        await callers  # 1 miss, 9 join
         await credential.get_token(SCOPE)
         await credential.get_token_info(SCOPE)  # 2 hits
         clock.advance(43200 + 1)  # past refresh_on
         await credential.get_token(SCOPE)  # stale: served, refreshed behind
-        await asyncio.sleep(0.2)
+        await credential._cache.settle()
         clock.advance(100)
         points = telemetry.metrics()
 
@@ -310,7 +312,7 @@ async def test_no_secret_in_any_span_or_metric(
         await credential.get_token(SCOPE)
         clock.advance(43201)
         await credential.get_token(SCOPE)
-        await asyncio.sleep(0.1)
+        await credential._cache.settle()
     assert_no_secret_in_spans(telemetry.spans(), emulator)
     metrics_json = telemetry.reader.get_metrics_data().to_json()
     for secret in emulator.secrets():

@@ -80,6 +80,7 @@ async def diagnose(
     client_id: str | None = None,
     timeout: float = 5.0,
     connection_verify: bool | str = True,
+    arc_key_directory: str | None = None,
     clock: Callable[[], float] | None = None,
     sleep: Callable[[float], Awaitable[Any]] | None = None,
 ) -> Diagnosis:
@@ -89,7 +90,7 @@ async def diagnose(
     """
     variables = describe_variables(environ)
     try:
-        config = detect_source(environ)
+        config = detect_source(environ, arc_key_directory=arc_key_directory)
     except ValueError as exc:
         return Diagnosis(
             False,
@@ -119,6 +120,7 @@ async def diagnose(
             connection_timeout=min(2.0, timeout),
             read_timeout=timeout,
             connection_verify=connection_verify,
+            arc_key_directory=arc_key_directory,
             clock=clock,
             sleep=sleep,
         )

@@ -1,4 +1,4 @@
-"""One module per hosting source: each builds its requests and parses its responses (sans-IO)."""
+"""One module per hosting source: its token flow, its requests and its responses (sans-IO)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from collections.abc import Sequence
 
 from .._environment import SourceConfig
 from .._models import Identity, ManagedIdentitySource
-from ._base import Target, TokenSource, check_scope, scope_to_resource
+from ._base import Target, TokenSource, scope_to_resource
 
-__all__ = ["Target", "TokenSource", "check_scope", "create_source", "scope_to_resource"]
+__all__ = ["Target", "TokenSource", "create_source", "scope_to_resource"]
 
 #: Module and class of each source, imported when a credential selects it.
 _SOURCES = {

@@ -1,17 +1,15 @@
-"""What every source shares: building URLs, parsing token responses, describing errors. Pure."""
+"""What every source shares: the token flow, building URLs, parsing token responses, describing
+errors. Pure: a source's flow yields the requests to send and the files to read, and the
+acquisition (``_acquire``) does the I/O, in the style of httpx's ``Auth.auth_flow``.
+"""
 
 from __future__ import annotations
 
 import functools
-import json
-import math
-import re
-from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from collections.abc import Generator, Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple
 from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
-from .._constants import HALF_LIFE_THRESHOLD, REFRESH_BEFORE_EXPIRY
 from .._environment import SourceConfig
 from .._errors import (
     CredentialUnavailableError,
@@ -21,6 +19,7 @@ from .._errors import (
     scrub,
 )
 from .._models import (
+    FileRead,
     Identity,
     IdentityKind,
     ManagedIdentitySource,
@@ -29,6 +28,7 @@ from .._models import (
     TokenRequest,
 )
 from .._retry import DEFAULT_RETRY_POLICY, RetryPolicy
+from ._parse import decode_json_object, describe_error, parse_epoch, refresh_time, to_number
 
 _DEFAULT_SUFFIX = "/.default"
 
@@ -42,42 +42,14 @@ class Target(NamedTuple):
 
     resource: str
     tenant_id: str | None = None
+    cae: bool = False
+    """Workload identity: a CAE-capable token was asked for (cached apart from the others)."""
 
     @property
     def label(self) -> str:
         """The resource for logs and telemetry: scopes are shown as resources, so a resource
         reads the same whichever source it came from."""
         return " ".join(scope_to_resource(part) for part in self.resource.split(" "))
-
-
-#: Whitespace (several scopes in one string) or control characters (header/log injection).
-_UNSAFE_IN_SCOPE = re.compile(r"[\s\x00-\x1f\x7f]")
-#: A URI with a scheme (``https://vault.azure.net/.default``, ``api://app/.default``) or an
-#: application ID (a GUID, optionally followed by ``/.default``).
-_SCOPE_SHAPE = re.compile(
-    r"^(?:[A-Za-z][A-Za-z0-9+.\-]*:.+|[0-9A-Fa-f]{8}(?:-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}(?:/.*)?)$"
-)
-
-
-def check_scope(scope: object) -> None:
-    """Refuse what cannot be a scope, before anything is sent.
-
-    Raises:
-        ValueError: Not a non-empty string, whitespace or control characters inside, or neither
-            a URI nor an application ID.
-    """
-    if not isinstance(scope, str) or not scope.strip():
-        raise ValueError("Each scope must be a non-empty string.")
-    if _UNSAFE_IN_SCOPE.search(scope):
-        raise ValueError(
-            f"Invalid scope {scope!r}: a scope contains no whitespace or control characters "
-            "(pass several scopes as separate arguments)."
-        )
-    if not _SCOPE_SHAPE.match(scope):
-        raise ValueError(
-            f"Invalid scope {scope!r}: expected a resource URI such as "
-            "'https://management.azure.com/.default' or an application ID."
-        )
 
 
 def scope_to_resource(scope: str) -> str:
@@ -139,81 +111,39 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
 
 
-def decode_json_object(response: RawResponse) -> dict[str, Any] | None:
-    """The body as a JSON object, or ``None`` if it is not one (empty, not JSON, not an object)."""
-    if not response.body:
-        return None
-    try:
-        value = json.loads(response.body.decode("utf-8-sig"))
-    except (UnicodeDecodeError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
+Step = TokenRequest | FileRead
+"""What a flow asks the acquisition to do: send a request, or read a local file."""
+
+Flow = Generator[Step, object, RawResponse]
+"""One attempt at a token: a generator that yields :data:`Step` values, is sent back the
+:class:`~mi_credential._models.RawResponse` of each request (or the text of each file), and
+returns the final response, which the acquisition then classifies and parses."""
 
 
-def parse_epoch(value: object) -> int | None:
-    """An absolute expiry as epoch seconds: an integer, a numeric string, or a date string in one
-    of the formats the platforms send (``06/20/2019 02:57:58 +00:00``, ``1/16/2020 5:24:12 AM
-    +00:00``, ISO 8601). ``None`` if it is none of those."""
-    number = _number(value)
-    if number is not None:
-        return int(number)
-    if not isinstance(value, str):
-        return None
-    text = value.strip()
-    for fmt in ("%m/%d/%Y %H:%M:%S %z", "%m/%d/%Y %I:%M:%S %p %z"):
-        try:
-            return int(datetime.strptime(text, fmt).timestamp())
-        except ValueError:
-            continue
-    try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return int(parsed.timestamp())
+def send(request: TokenRequest) -> Generator[Step, object, RawResponse]:
+    """Within a flow, ``response = yield from send(request)``."""
+    response = yield request
+    assert isinstance(response, RawResponse)
+    return response
 
 
-def _number(value: object) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        number = float(value)
-    elif isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
-            return None
-    else:
-        return None
-    return number if math.isfinite(number) else None
-
-
-def refresh_time(request_time: float, expires_on: int, refresh_in: object = None) -> int:
-    """When to refresh proactively: the server's ``refresh_in`` when usable; else half-life for
-    tokens of two hours or more; else five minutes before expiry (at most half the lifetime)."""
-    lifetime = expires_on - request_time
-    server_hint = _number(refresh_in)
-    if server_hint is not None and 0 < server_hint < lifetime:
-        return int(request_time + server_hint)
-    if lifetime >= HALF_LIFE_THRESHOLD:
-        return int(request_time + lifetime // 2)
-    return int(expires_on - min(REFRESH_BEFORE_EXPIRY, lifetime // 2))
+def read(step: FileRead) -> Generator[Step, object, str]:
+    """Within a flow, ``text = yield from read(FileRead(...))``."""
+    text = yield step
+    assert isinstance(text, str)
+    return text
 
 
 class TokenSource:
-    """A hosting source: builds its requests and interprets its responses.
+    """A hosting source: its token flow, and how to interpret its responses.
 
-    Subclasses set ``kind``, implement :meth:`build_request`, and adjust parsing or error
-    classification where their endpoint differs.
+    Subclasses set ``kind``, implement :meth:`build_request`, and adjust the flow (Azure Arc's
+    challenge, workload identity's federated token), parsing or error classification where
+    their endpoint differs.
     """
 
     kind: ClassVar[ManagedIdentitySource]
     retry_policy: ClassVar[RetryPolicy] = DEFAULT_RETRY_POLICY
-    needs_assertion: ClassVar[bool] = False
-    """Whether requests carry a federated token read from a file (workload identity)."""
-    sends_claims: ClassVar[bool] = False
-    """Whether ``claims`` are sent to the endpoint (elsewhere they only bypass the cache)."""
 
     def __init__(self, config: SourceConfig, identity: Identity) -> None:
         self.config = config
@@ -230,8 +160,11 @@ class TokenSource:
 
     # -- requests -------------------------------------------------------------------------------
 
-    def target(self, scopes: Sequence[str], tenant_id: str | None) -> Target:
-        """The cache key for a request. Managed identity endpoints take exactly one scope.
+    def target(
+        self, scopes: Sequence[str], tenant_id: str | None, enable_cae: bool = False
+    ) -> Target:
+        """The cache key for a request. Managed identity endpoints take exactly one scope;
+        ``tenant_id`` and ``enable_cae`` mean nothing to them.
 
         Raises:
             ValueError: Not exactly one scope.
@@ -244,16 +177,20 @@ class TokenSource:
             )
         return Target(scope_to_resource(scopes[0]))
 
-    answers_challenges: ClassVar[bool] = False
-    """Whether a 401 carries a challenge the source answers (Azure Arc)."""
+    def sent_claims(self, target: Target, claims: str | None) -> str | None:
+        """The claims this source sends to its endpoint for a caller's ``claims``. Managed
+        identity endpoints take none: there, claims only bypass the cache. Acquisitions that
+        send the same claims for the same target are one acquisition."""
+        return None
 
-    def challenge_path(self, response: RawResponse) -> str:
-        """The key file a 401 challenge names (sources that answer challenges)."""
-        raise NotImplementedError
+    def flow(self, target: Target, claims: str | None) -> Flow:
+        """One attempt: send the token request, return its response.
 
-    def authorize(self, request: TokenRequest, key: str) -> TokenRequest:
-        """The request again, answering the challenge with the key file's content."""
-        raise NotImplementedError
+        Args:
+            target: What the token is for.
+            claims: What :meth:`sent_claims` returned.
+        """
+        return (yield from send(self.build_request(target, claims=claims)))
 
     def build_request(
         self, target: Target, *, claims: str | None = None, assertion: str | None = None
@@ -263,7 +200,7 @@ class TokenSource:
         Args:
             target: What the token is for.
             claims: Claims the token must satisfy (sent only where the endpoint takes them).
-            assertion: The federated token, for sources that exchange one (``needs_assertion``).
+            assertion: The federated token, for sources that exchange one.
         """
         raise NotImplementedError
 
@@ -307,7 +244,7 @@ class TokenSource:
     def expiry(self, payload: Mapping[str, Any], request_time: float) -> int | None:
         """Expiry in epoch seconds of the local clock: ``expires_in`` counted from the request
         time when sent (immune to clock skew), else the absolute ``expires_on``."""
-        expires_in = _number(payload.get("expires_in"))
+        expires_in = to_number(payload.get("expires_in"))
         if expires_in is not None:
             return int(request_time + expires_in)
         return parse_epoch(payload.get("expires_on"))
@@ -387,20 +324,3 @@ class TokenSource:
 
 def _attempts(count: int) -> str:
     return f"{count} attempt" + ("" if count == 1 else "s")
-
-
-def describe_error(response: RawResponse, secrets: Sequence[str]) -> tuple[str | None, str | None]:
-    """The endpoint's error code and description, from the shapes the platforms use:
-    OAuth (``error``/``error_description``), App Service (``statusCode``/``message``) and OData
-    (``error: {code, message}``). Scrubbed; nothing at all if the body carries a token."""
-    payload = decode_json_object(response)
-    if payload is None or "access_token" in payload:
-        return None, None
-    code: object = payload.get("error")
-    description: object = payload.get("error_description") or payload.get("message")
-    if isinstance(code, Mapping):
-        description = code.get("message") or description
-        code = code.get("code")
-    code_text = scrub(str(code), secrets, limit=80) if code else None
-    description_text = scrub(str(description), secrets) if description else None
-    return code_text or None, description_text or None

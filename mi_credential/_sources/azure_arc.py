@@ -14,13 +14,30 @@ from typing import Any
 
 from .._constants import AZURE_ARC_API_VERSION
 from .._errors import ManagedIdentityError, scrub
-from .._models import IdentityKind, ManagedIdentitySource, RawResponse, TokenRequest
-from ._base import Target, TokenSource, build_url, identity_params
+from .._models import (
+    FileRead,
+    IdentityKind,
+    LocalFile,
+    ManagedIdentitySource,
+    RawResponse,
+    TokenRequest,
+)
+from ..http import parse_challenges
+from ._base import Flow, Target, TokenSource, build_url, identity_params, read, send
 
 
 class AzureArcSource(TokenSource):
     kind = ManagedIdentitySource.AZURE_ARC
-    answers_challenges = True
+
+    def flow(self, target: Target, claims: str | None) -> Flow:
+        """Ask; answer a 401 challenge once with the key file it names; return the response."""
+        request = self.build_request(target)
+        response = yield from send(request)
+        if response.status != 401:
+            return response
+        path = self.challenge_path(response)
+        key = yield from read(FileRead(LocalFile.ARC_KEY, path, self.config.key_directory))
+        return (yield from send(request.with_header("Authorization", f"Basic {key}", secret=True)))
 
     def build_request(
         self, target: Target, *, claims: str | None = None, assertion: str | None = None
@@ -33,31 +50,29 @@ class AzureArcSource(TokenSource):
         )
 
     def challenge_path(self, response: RawResponse) -> str:
-        """The key file a 401 challenge names.
+        """The key file a 401 challenge names: ``Basic realm=<path>``.
 
         Raises:
             ManagedIdentityError: The challenge is missing or malformed.
         """
-        header = (response.header("www-authenticate") or "").strip()
-        if not header:
+        header = response.header("www-authenticate")
+        if not header or not header.strip():
             raise ManagedIdentityError(
                 "Azure Arc answered 401 without a WWW-Authenticate challenge; the agent "
                 "(himds) may be misconfigured.",
                 source=self.kind,
                 status_code=response.status,
             )
-        scheme, sep, path = header.partition("=")
-        if not sep or scheme.strip().lower() != "basic realm" or "=" in path:
+        basic = [c for c in parse_challenges(header) if c.scheme == "basic"]
+        path = basic[0].params.get("realm", "").strip() if len(basic) == 1 else ""
+        if not path or "=" in path:
             raise ManagedIdentityError(
                 "Azure Arc answered 401 with an unexpected WWW-Authenticate challenge "
                 f"{scrub(header, limit=120)!r}; expected 'Basic realm=<key file path>'.",
                 source=self.kind,
                 status_code=response.status,
             )
-        return path.strip().strip('"')
-
-    def authorize(self, request: TokenRequest, key: str) -> TokenRequest:
-        return request.with_header("Authorization", f"Basic {key}", secret=True)
+        return path
 
     def check_payload(self, payload: Mapping[str, Any], response: RawResponse) -> None:
         # An agent without user-assigned identity support ignores the selector and returns the

@@ -9,7 +9,8 @@ from .._constants import IMDS_API_VERSION
 from .._errors import CredentialUnavailableError, ManagedIdentityError
 from .._models import IdentityKind, ManagedIdentitySource, RawResponse, TokenRequest
 from .._retry import IMDS_RETRY_POLICY
-from ._base import Target, TokenSource, build_url, describe_error, identity_params
+from ._base import Target, TokenSource, build_url, identity_params
+from ._parse import describe_error
 
 
 class ImdsSource(TokenSource):

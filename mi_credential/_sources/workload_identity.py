@@ -12,14 +12,20 @@ from collections.abc import Sequence
 from .._constants import CAE_CLIENT_CAPABILITY_CLAIMS, CLIENT_ASSERTION_TYPE
 from .._environment import SourceConfig
 from .._errors import ManagedIdentityError
-from .._models import Identity, IdentityKind, ManagedIdentitySource, RawResponse, TokenRequest
-from ._base import Target, TokenSource
+from .._models import (
+    FileRead,
+    Identity,
+    IdentityKind,
+    LocalFile,
+    ManagedIdentitySource,
+    RawResponse,
+    TokenRequest,
+)
+from ._base import Flow, Target, TokenSource, read, send
 
 
 class WorkloadIdentitySource(TokenSource):
     kind = ManagedIdentitySource.WORKLOAD_IDENTITY
-    needs_assertion = True
-    sends_claims = True
 
     def __init__(
         self,
@@ -50,10 +56,23 @@ class WorkloadIdentitySource(TokenSource):
     def token_url_template(self) -> str:
         return f"{self.config.endpoint}/{{tenant}}/oauth2/v2.0/token"
 
-    def target(self, scopes: Sequence[str], tenant_id: str | None) -> Target:
+    def target(
+        self, scopes: Sequence[str], tenant_id: str | None, enable_cae: bool = False
+    ) -> Target:
         if not scopes:
             raise ValueError("At least one scope is required.")
-        return Target(" ".join(scopes), self.resolve_tenant(tenant_id))
+        return Target(" ".join(scopes), self.resolve_tenant(tenant_id), enable_cae)
+
+    def sent_claims(self, target: Target, claims: str | None) -> str | None:
+        if target.cae:
+            return merge_cae_claims(claims)
+        return claims or None
+
+    def flow(self, target: Target, claims: str | None) -> Flow:
+        """Read the federated token (per attempt: the kubelet rotates the file), exchange it."""
+        assert self.config.token_file is not None
+        assertion = yield from read(FileRead(LocalFile.FEDERATED_TOKEN, self.config.token_file))
+        return (yield from send(self.build_request(target, claims=claims, assertion=assertion)))
 
     def resolve_tenant(self, tenant_id: str | None) -> str:
         """The tenant to ask: the configured one, or ``tenant_id`` if it is allowed.

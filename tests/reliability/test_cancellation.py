@@ -37,8 +37,7 @@ async def settle() -> None:
 
 def credential_for(emulator: Emulator, clock: FakeClock, source: S) -> ManagedIdentityCredential:
     return ManagedIdentityCredential(
-        environ=emulator.environ(source), clock=clock, sleep=clock.sleep,
-        connection_verify=emulator.ca_file,
+        **emulator.client_options(source), clock=clock, sleep=clock.sleep
     )
 
 
@@ -78,12 +77,12 @@ async def test_a_caller_cancelled_at_every_await_point(
 
 
 async def test_close_while_acquisitions_are_in_flight(emulator: Emulator, clock: FakeClock) -> None:
-    emulator.latency = 0.2
     credential = credential_for(emulator, clock, S.APP_SERVICE)
+    emulator.hold()  # released when the emulator closes
     waiters = [
         asyncio.ensure_future(credential.get_token(f"https://r{i}/.default")) for i in range(5)
     ]
-    await asyncio.sleep(0.05)
+    await emulator.wait_for_requests(5)
     await credential.close()
     results = await asyncio.gather(*waiters, return_exceptions=True)
     assert all(isinstance(r, ManagedIdentityError) and "closed" in str(r) for r in results)
@@ -97,9 +96,9 @@ async def test_close_during_a_background_refresh(emulator: Emulator, clock: Fake
     credential = credential_for(emulator, clock, S.IMDS)
     old = await credential.get_token(SCOPE)
     clock.advance(43201)
-    emulator.latency = 0.2
+    emulator.hold()  # released when the emulator closes
     assert (await credential.get_token(SCOPE)).token == old.token  # refresh starts behind
-    await asyncio.sleep(0.05)
+    await emulator.wait_for_requests(2)
     assert other_tasks()  # the background refresh is running
     await credential.close()
     await settle()
@@ -108,11 +107,15 @@ async def test_close_during_a_background_refresh(emulator: Emulator, clock: Fake
 
 async def test_close_during_retry_backoff(emulator: Emulator) -> None:
     emulator.add_fault(Fault.status_code(503, times=None))
-    credential = ManagedIdentityCredential(environ=emulator.environ(S.AZURE_ML))
+    backing_off = asyncio.Event()
+
+    async def sleep(seconds: float) -> None:
+        backing_off.set()
+        await asyncio.sleep(seconds)  # a real back-off of about a second, cut short by close()
+
+    credential = ManagedIdentityCredential(environ=emulator.environ(S.AZURE_ML), sleep=sleep)
     waiter = asyncio.ensure_future(credential.get_token(SCOPE))
-    while not emulator.requests:  # noqa: ASYNC110 - polling the server's request log
-        await asyncio.sleep(0.01)
-    await asyncio.sleep(0.05)  # inside the real back-off sleep now
+    await asyncio.wait_for(backing_off.wait(), 5)
     await credential.close()
     with pytest.raises(ManagedIdentityError, match="closed"):
         await waiter
@@ -121,12 +124,13 @@ async def test_close_during_retry_backoff(emulator: Emulator) -> None:
 
 
 async def test_many_waiters_cancelled_together(emulator: Emulator, clock: FakeClock) -> None:
-    emulator.latency = 0.05
     credential = credential_for(emulator, clock, S.IMDS)
-    waiters = [asyncio.ensure_future(credential.get_token(SCOPE)) for _ in range(100)]
-    await asyncio.sleep(0.01)
-    for waiter in waiters[:99]:
-        waiter.cancel()
+    with emulator.hold():
+        waiters = [asyncio.ensure_future(credential.get_token(SCOPE)) for _ in range(100)]
+        await asyncio.sleep(0)  # every waiter's first step: all of them are waiting now
+        await emulator.wait_for_requests(1)
+        for waiter in waiters[:99]:
+            waiter.cancel()
     token = await waiters[99]
     assert emulator.verify(token.token)
     assert sum(w.cancelled() for w in waiters) == 99

@@ -176,8 +176,8 @@ CASES = [
 async def test_fault(emulator: Emulator, clock: FakeClock, source: S, case: Case) -> None:
     case.prepare(emulator, source)
     credential = ManagedIdentityCredential(
-        environ=emulator.environ(source), clock=clock, sleep=clock.sleep,
-        connection_verify=emulator.ca_file, timeout=TIMEOUT, **(case.credential or {}),
+        **emulator.client_options(source), clock=clock, sleep=clock.sleep, timeout=TIMEOUT,
+        **(case.credential or {}),
     )
     start = clock()
     async with credential:
@@ -226,7 +226,7 @@ async def test_connection_refused(emulator: Emulator, clock: FakeClock, source: 
 async def test_an_endpoint_that_never_answers(emulator: Emulator, source: S) -> None:
     emulator.add_fault(Fault.hang(source=source.value, times=None))
     async with ManagedIdentityCredential(
-        environ=emulator.environ(source), timeout=0.3, connection_verify=emulator.ca_file
+        **emulator.client_options(source), timeout=0.3
     ) as credential:
         with pytest.raises(CredentialUnavailableError, match="timed out"):
             await credential.get_token(SCOPE)

@@ -84,7 +84,7 @@ async def test_arc_key_file_that_must_not_be_read(
     path = ARC_CASES[case](emulator.arc_key_dir, outside)
     emulator.add_fault(arc_challenge(path))
     async with ManagedIdentityCredential(
-        environ=emulator.environ(S.AZURE_ARC), clock=clock, sleep=clock.sleep
+        **emulator.client_options(S.AZURE_ARC), clock=clock, sleep=clock.sleep
     ) as credential:
         with pytest.raises(ManagedIdentityError, match="Azure Arc challenge refused") as caught:
             await credential.get_token(SCOPE)
@@ -101,7 +101,7 @@ async def test_malformed_arc_challenges(emulator: Emulator, clock: FakeClock, he
     emulator.add_fault(Fault(source="azure_arc", status=401, headers={"WWW-Authenticate": header},
                              times=None))
     async with ManagedIdentityCredential(
-        environ=emulator.environ(S.AZURE_ARC), clock=clock, sleep=clock.sleep
+        **emulator.client_options(S.AZURE_ARC), clock=clock, sleep=clock.sleep
     ) as credential:
         with pytest.raises(ManagedIdentityError, match="WWW-Authenticate"):
             await credential.get_token(SCOPE)

@@ -232,18 +232,6 @@ CLIENTS = 10
 TO_REFRESH_TIME = 12 * 3600 + 120
 
 
-async def wait_for_token_requests(emulator: Emulator, count: int) -> None:
-    """Wait (bounded) until the emulator has seen ``count`` token requests: a background
-    refresh runs on its own task."""
-    for _ in range(500):
-        if token_requests(emulator) >= count and all(
-            r.status is not None for r in emulator.requests
-        ):
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"expected {count} token requests, saw {token_requests(emulator)}")
-
-
 class CountingCredential:
     """Forwards to the real credential and counts the calls an authentication policy makes."""
 
@@ -289,7 +277,7 @@ async def test_ten_clients_with_the_policy_make_one_token_request_at_refresh_tim
         *(client.send("GET", f"{name}?restype=container") for client in clients)
     )
     assert [r.status_code for r in responses] == [200] * CLIENTS
-    await wait_for_token_requests(emulator, 2)
+    await credential._cache.settle()  # the background refresh
     responses = await asyncio.gather(
         *(client.send("GET", f"{name}?restype=container") for client in clients)
     )
@@ -331,7 +319,7 @@ async def test_ten_clients_with_azure_cores_policy_on_the_same_credential(
         await asyncio.gather(
             *(s.get_container_client(name).get_container_properties() for s in services)
         )
-        await wait_for_token_requests(emulator, 2)
+        await emulator.wait_for_responses(2, source=SOURCE)  # the background refresh
         assert counting.calls == CLIENTS  # ten refreshes of ten copies
         assert token_requests(emulator) == 2  # one upstream: the credential coalesced them
     finally:
@@ -381,7 +369,7 @@ async def test_a_failing_endpoint_in_the_refresh_window_fails_no_sdk_request(
         clock.advance(TO_REFRESH_TIME)
         for index in range(5):
             await write(f"during-{index}.txt")
-        await wait_for_token_requests(emulator, 2)
+        await credential._cache.settle()  # the background refresh, its retries included
     finally:
         await close()
     failed = [r for r in emulator.requests_for(SOURCE)[1:] if r.status == 503]

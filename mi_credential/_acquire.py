@@ -1,0 +1,228 @@
+"""One acquisition from the endpoint: attempts under one deadline, each driving the source's flow.
+
+A source's flow (``TokenSource.flow``) yields the requests to send and the local files to read;
+this module does that I/O, adds the headers every request carries, classifies the final
+response of each attempt (token, retry, or error) and records the acquisition's telemetry. It
+knows nothing of any particular source.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from ._errors import ManagedIdentityError
+from ._files import read_local_file
+from ._models import FileRead, ParsedToken, RawResponse, TokenRequest
+from ._retry import AttemptOutcome, RetryState, next_delay, parse_retry_after
+from ._sources import Target, TokenSource
+from ._transport import Transport, TransportError
+from ._version import __version__
+
+if TYPE_CHECKING:
+    from ._recorder import Acquisition, Recorder
+
+_logger = logging.getLogger("mi_credential")
+
+_BASE_USER_AGENT = (
+    f"mi-credential/{__version__} Python/{'.'.join(map(str, sys.version_info[:3]))} "
+    f"({sys.platform}) aiohttp"
+)
+
+Exchange = tuple[TokenRequest, "RawResponse | TransportError"]
+"""An attempt's last request, and its response or why there was none."""
+
+
+class Acquirer:
+    """Gets tokens for one credential from its source's endpoint.
+
+    Args:
+        source: The hosting source.
+        transport: Sends the requests.
+        recorder: Records spans and metrics.
+        timeout: Overall deadline of one acquisition, retries included, in seconds.
+        now: Wall clock, epoch seconds (request times, ``Retry-After`` dates).
+        monotonic: The clock deadlines are measured with.
+        sleep: Waits between attempts.
+        random: Floats in ``[0, 1)`` for the back-off's jitter.
+        user_agent: Text appended to the ``User-Agent`` header.
+    """
+
+    __slots__ = (
+        "_monotonic",
+        "_now",
+        "_random",
+        "_sleep",
+        "_source",
+        "_timeout",
+        "_user_agent",
+        "recorder",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        source: TokenSource,
+        transport: Transport,
+        recorder: Recorder,
+        *,
+        timeout: float,
+        now: Callable[[], float],
+        monotonic: Callable[[], float],
+        sleep: Callable[[float], Awaitable[Any]],
+        random: Callable[[], float],
+        user_agent: str | None,
+    ) -> None:
+        self._source = source
+        self.transport = transport
+        self.recorder = recorder
+        self._timeout = timeout
+        self._now = now
+        self._monotonic = monotonic
+        self._sleep = sleep
+        self._random = random
+        self._user_agent = f"{_BASE_USER_AGENT} {user_agent}" if user_agent else _BASE_USER_AGENT
+
+    async def acquire(
+        self, target: Target, claims: str | None, reason: str, cache_result: str
+    ) -> ParsedToken:
+        """A token for ``target`` from the endpoint, traced and measured.
+
+        Args:
+            target: What the token is for.
+            claims: The claims to send (where the source sends any).
+            reason: Why (``initial``, ``expired``, ``proactive``, ``claims``), for telemetry.
+            cache_result: What the cache found (``miss``, ``stale``), for telemetry.
+
+        Raises:
+            ManagedIdentityError: No token within the deadline.
+        """
+        record = self.recorder.start_acquisition(target.label, reason, cache_result)
+        try:
+            async with self.transport.lease():
+                parsed = await self._attempts(target, claims, record)
+        except BaseException as exc:
+            self.recorder.finish_acquisition(record, exc)
+            raise
+        self.recorder.finish_acquisition(record, None)
+        _logger.debug(
+            "ManagedIdentityCredential acquired a token for %s (expires in %.0f s, refresh in "
+            "%.0f s, %d attempt(s), reason: %s)",
+            target.label,
+            parsed.expires_on - self._now(),
+            parsed.refresh_on - self._now(),
+            record.attempts,
+            reason,
+        )
+        return parsed
+
+    async def _attempts(
+        self, target: Target, claims: str | None, record: Acquisition
+    ) -> ParsedToken:
+        source = self._source
+        start = self._monotonic()
+        deadline = start + self._timeout
+        state = RetryState()
+        # The same request id on every attempt of one acquisition.
+        headers = (("User-Agent", self._user_agent), ("x-ms-client-request-id", str(uuid.uuid4())))
+        while True:
+            state.attempts += 1
+            record.attempts = state.attempts
+            request_time = self._now()
+            request, response = await self._exchange(
+                target, claims, deadline, state.attempts - 1, record, headers
+            )
+            if isinstance(response, TransportError):
+                if not response.retryable:
+                    raise source.unreachable_error(
+                        request,
+                        response.description,
+                        attempts=state.attempts,
+                        elapsed=self._monotonic() - start,
+                    ) from response
+                outcome = AttemptOutcome(error=True)
+            elif 200 <= response.status < 300:
+                try:
+                    return source.parse_response(response, request, request_time)
+                except ManagedIdentityError as exc:
+                    exc.attempts = state.attempts
+                    exc.elapsed = self._monotonic() - start
+                    raise
+            else:
+                outcome = AttemptOutcome(
+                    status=response.status,
+                    retry_after=parse_retry_after(response.headers, self._now()),
+                )
+            elapsed = self._monotonic() - start
+            delay = next_delay(
+                source.retry_policy,
+                state,
+                outcome,
+                elapsed=elapsed,
+                remaining=deadline - self._monotonic(),
+                random=self._random,
+            )
+            if delay is None:
+                if isinstance(response, TransportError):
+                    raise source.unreachable_error(
+                        request, response.description, attempts=state.attempts, elapsed=elapsed
+                    ) from response
+                raise source.error_from_response(
+                    response, request, attempts=state.attempts, elapsed=elapsed
+                )
+            await self._sleep(delay)
+
+    async def _exchange(
+        self,
+        target: Target,
+        claims: str | None,
+        deadline: float,
+        resend_count: int,
+        record: Acquisition,
+        headers: tuple[tuple[str, str], ...],
+    ) -> Exchange:
+        """Run one attempt of the source's flow: send what it yields (with ``headers``), read
+        the files it names, and return its final response with the request it answers."""
+        flow = self._source.flow(target, claims)
+        reply: object = None
+        request: TokenRequest | None = None
+        try:
+            while True:
+                step = flow.send(reply)
+                if isinstance(step, FileRead):
+                    reply = read_local_file(step)
+                    continue
+                request = step.with_headers(*headers)
+                try:
+                    reply = await self._send(request, deadline, resend_count, record)
+                except TransportError as exc:
+                    return request, exc
+        except StopIteration as stop:
+            assert request is not None, "a flow sends at least one request"
+            return request, stop.value
+        finally:
+            flow.close()
+
+    async def _send(
+        self, request: TokenRequest, deadline: float, resend_count: int, record: Acquisition
+    ) -> RawResponse:
+        remaining = deadline - self._monotonic()
+        if remaining <= 0:
+            raise TransportError("the deadline passed", retryable=True)
+        recorder = self.recorder
+        attempt = recorder.start_attempt(record, request.method, request.url, resend_count)
+        try:
+            response = await self.transport.send(request, timeout=remaining)
+        except TransportError as exc:
+            cause = exc.__cause__
+            error_type = type(cause).__name__ if cause else "timeout"
+            recorder.finish_attempt(attempt, error_type=error_type)
+            raise
+        except BaseException as exc:
+            recorder.finish_attempt(attempt, error_type=type(exc).__name__)
+            raise
+        recorder.finish_attempt(attempt, status=response.status)
+        return response

@@ -1,0 +1,388 @@
+"""The token cache: entries, refresh windows, single-flight acquisition, and a store seam.
+
+No transport and no OpenTelemetry here: tokens come from a ``fetch`` function the credential
+passes in, and the counts telemetry reports are plain integers (:class:`CacheStats`).
+
+* **Fresh** (before ``refresh_on``): the cached token, from a dict lookup and a clock read.
+* **Advisory** (past ``refresh_on``, still valid beyond the mandatory margin): the cached token
+  at once, and one background refresh; after a failed one, the next starts no sooner than
+  :data:`~mi_credential._constants.REFRESH_RETRY_BACKOFF` later.
+* **Mandatory** (expired or nearly): callers wait for the one acquisition in flight; its
+  failure reaches every one of them.
+* A caller that is cancelled cancels its own wait, never the acquisition the others share.
+* A caller's ``claims`` bypass the cache once; the token obtained then replaces the cached one.
+
+A :class:`TokenStore` is a second level behind the in-process dicts (a cross-process store,
+for instance): a miss or a refresh reads it first, and only the one refresher it elects asks
+the endpoint and writes the result back. The cache-hit path never touches it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from functools import partial
+from typing import Any, Protocol
+
+from azure.core.credentials import AccessToken, AccessTokenInfo
+
+from ._constants import MANDATORY_REFRESH_MARGIN, REFRESH_RETRY_BACKOFF
+from ._errors import ManagedIdentityError
+from ._models import ParsedToken, RedactedAccessToken, RedactedAccessTokenInfo
+from ._sources import Target
+
+_logger = logging.getLogger("mi_credential")
+
+Fetch = Callable[[Target, "str | None", str, str], Awaitable[ParsedToken]]
+"""Gets a token from the endpoint: ``fetch(target, claims, reason, cache_result)``."""
+
+
+class TokenStore(Protocol):
+    """A second cache level, shared beyond one credential (such as a per-user file store).
+
+    Only tokens obtained without a caller's claims are read from or written to it.
+    """
+
+    async def read(self, target: Target) -> ParsedToken | None:
+        """The stored token for ``target``, if any (it may be past its refresh time)."""
+        ...
+
+    async def write(self, target: Target, token: ParsedToken) -> None:
+        """Store a token just obtained from the endpoint."""
+        ...
+
+    def refresher(self, target: Target) -> contextlib.AbstractAsyncContextManager[None]:
+        """Hold, for the block, the right to refresh ``target`` (one holder at a time)."""
+        ...
+
+
+class CacheStats:
+    """Plain counters of ``get_token``/``get_token_info`` calls, read by observable instruments
+    at collection time: counting costs the hot path an integer increment, never an
+    OpenTelemetry call. Shared by the credentials that record with the same attributes."""
+
+    __slots__ = ("attributes", "coalesced", "hits", "miss_errors", "misses", "stale")
+
+    def __init__(self, attributes: dict[str, str]) -> None:
+        self.attributes = attributes
+        self.hits = 0
+        self.stale = 0
+        self.misses = 0
+        self.miss_errors = 0
+        self.coalesced = 0
+
+
+class Entry:
+    """A cached token. Updated in place when refreshed, so every alias sees the new token."""
+
+    __slots__ = (
+        "access_token",
+        "expires_on",
+        "info",
+        "mandatory_at",
+        "next_background_refresh",
+        "refresh_on",
+    )
+
+    def __init__(self, parsed: ParsedToken) -> None:
+        self.update(parsed)
+
+    def update(self, parsed: ParsedToken) -> None:
+        self.access_token: AccessToken = RedactedAccessToken(parsed.token, parsed.expires_on)
+        self.info: AccessTokenInfo = RedactedAccessTokenInfo(
+            parsed.token,
+            parsed.expires_on,
+            token_type=parsed.token_type,
+            refresh_on=parsed.refresh_on,
+        )
+        self.expires_on = parsed.expires_on
+        self.refresh_on = parsed.refresh_on
+        self.mandatory_at = max(parsed.refresh_on, parsed.expires_on - MANDATORY_REFRESH_MARGIN)
+        self.next_background_refresh = 0.0
+
+
+class Flight:
+    """An acquisition in flight and the futures of the callers waiting for it."""
+
+    __slots__ = ("scope", "task", "waiters")
+
+    def __init__(self, task: asyncio.Task[Entry]) -> None:
+        self.task = task
+        self.waiters: list[asyncio.Future[Entry]] = []
+        self.scope: str | None = None
+
+
+FlightKey = tuple[Target, "str | None"]
+
+
+class TokenCache:
+    """Tokens per target for one credential, and the acquisitions in flight.
+
+    Args:
+        now: Wall clock, epoch seconds.
+        stats: The counters to count calls in.
+        store: A second level shared beyond this cache, if any.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_closed_error",
+        "_entries",
+        "_hot",
+        "_inflight",
+        "_now",
+        "_pending",
+        "_store",
+        "stats",
+    )
+
+    def __init__(
+        self,
+        *,
+        now: Callable[[], float],
+        stats: CacheStats,
+        store: TokenStore | None = None,
+    ) -> None:
+        self._now = now
+        self.stats = stats
+        self._store = store
+        # ``_hot`` maps a scope string to its entry for the fast path; ``_entries`` is keyed by
+        # target. Both point at the same Entry objects.
+        self._hot: dict[str, Entry] = {}
+        self._entries: dict[Target, Entry] = {}
+        # In flight, by (target, the claims sent), so a claims challenge never joins an
+        # acquisition without them where claims are sent.
+        self._inflight: dict[FlightKey, Flight] = {}
+        # The first acquisition of a scope string, for the callers that follow (a cold start's
+        # herd waits on it without repeating the first caller's validation).
+        self._pending: dict[str, Flight] = {}
+        self._closed_error: Callable[[], BaseException] | None = None
+
+    # -- lookups --------------------------------------------------------------------------------
+
+    def hit(self, scopes: tuple[str, ...]) -> Entry | None:
+        """The fast path: the fresh entry for a single scope string, counted as a hit."""
+        if len(scopes) == 1:
+            try:
+                entry = self._hot.get(scopes[0])
+            except TypeError:  # unhashable, so not a scope: the slow path raises the ValueError
+                return None
+            if entry is not None and self._now() < entry.refresh_on:
+                self.stats.hits += 1
+                return entry
+        return None
+
+    def pending(self, scope: str) -> Flight | None:
+        """The first acquisition for ``scope``, while it is in flight."""
+        try:
+            return self._pending.get(scope)
+        except TypeError:
+            return None
+
+    async def get(
+        self,
+        target: Target,
+        fetch: Fetch,
+        *,
+        claims: str | None,
+        sent_claims: str | None,
+        scope: str | None,
+    ) -> Entry:
+        """The entry for ``target``: cached, served stale while one refresh runs, or acquired.
+
+        Args:
+            target: What the token is for.
+            fetch: Gets a token from the endpoint, if one is needed.
+            claims: The caller's claims; a non-empty value bypasses the cache once.
+            sent_claims: The claims the acquisition sends (part of the single-flight key).
+            scope: The scope string, for a plain single-scope request (the fast path's key).
+        """
+        entry = self._entries.get(target)
+        now = self._now()
+        if entry is not None and not claims:
+            if scope is not None:
+                self._hot[scope] = entry
+            if now < entry.refresh_on:
+                self.stats.hits += 1
+                return entry
+            if now < entry.mandatory_at:
+                self.stats.stale += 1
+                key = (target, sent_claims)
+                if now >= entry.next_background_refresh and key not in self._inflight:
+                    entry.next_background_refresh = now + REFRESH_RETRY_BACKOFF
+                    self._start(key, fetch, "proactive", "stale", shared=True)
+                return entry
+
+        reason = "claims" if claims else ("initial" if entry is None else "expired")
+        key = (target, sent_claims)
+        flight = self._inflight.get(key)
+        if flight is None or flight.task.get_loop() is not asyncio.get_running_loop():
+            flight = self._start(key, fetch, reason, "miss", shared=not claims)
+            if entry is None and not claims and scope is not None:
+                self._pending[scope] = flight
+                flight.scope = scope
+            entry = await self.wait(flight, coalesced=False)
+        else:
+            entry = await self.wait(flight, coalesced=True)
+        if scope is not None:
+            self._hot[scope] = entry
+        return entry
+
+    async def wait(self, flight: Flight, *, coalesced: bool) -> Entry:
+        """Wait for an acquisition on a future of this caller's own: a caller that is cancelled
+        cancels its future, never the acquisition the others wait for."""
+        stats = self.stats
+        stats.misses += 1
+        if coalesced:
+            stats.coalesced += 1
+        waiter: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()
+        flight.waiters.append(waiter)
+        try:
+            return await waiter
+        except BaseException:
+            stats.miss_errors += 1
+            raise
+
+    def expiries(self) -> list[tuple[str, float]]:
+        """``(resource, seconds to expiry)`` per cached token."""
+        now = self._now()
+        return [(target.label, entry.expires_on - now) for target, entry in self._entries.items()]
+
+    async def settle(self, timeout: float = 10.0) -> None:
+        """Wait until no acquisition is in flight (background refreshes included).
+
+        Raises:
+            TimeoutError: Some are still in flight after ``timeout`` seconds.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._inflight:
+            tasks = [flight.task for flight in self._inflight.values()]
+            _, running = await asyncio.wait(tasks, timeout=max(0.0, deadline - loop.time()))
+            if running:
+                raise TimeoutError(f"{len(running)} acquisition(s) still in flight")
+            await asyncio.sleep(0)  # let the finished tasks' callbacks land
+
+    async def close(self, error: Callable[[], BaseException]) -> None:
+        """Forget every token, cancel the acquisitions in flight and fail their waiters with
+        ``error()``."""
+        self._closed_error = error
+        self._hot.clear()
+        self._entries.clear()
+        tasks = [f.task for f in self._inflight.values() if not f.task.done()]
+        self._inflight.clear()
+        self._pending.clear()
+        for task in tasks:
+            task.cancel()
+        loop = asyncio.get_running_loop()
+        current = [t for t in tasks if t.get_loop() is loop]
+        if current:
+            await asyncio.gather(*current, return_exceptions=True)
+
+    # -- acquisition ----------------------------------------------------------------------------
+
+    def _start(
+        self, key: FlightKey, fetch: Fetch, reason: str, cache_result: str, *, shared: bool
+    ) -> Flight:
+        task = _start_task(self._acquire(key, fetch, reason, cache_result, shared))
+        flight = self._inflight[key] = Flight(task)
+        task.add_done_callback(partial(self._land, key, flight, cache_result))
+        return flight
+
+    async def _acquire(
+        self, key: FlightKey, fetch: Fetch, reason: str, cache_result: str, shared: bool
+    ) -> Entry:
+        target, claims = key
+        store = self._store
+        if store is None or not shared:
+            parsed = await fetch(target, claims, reason, cache_result)
+        else:
+            parsed = await self._through(
+                store, target, partial(fetch, target, claims, reason, cache_result)
+            )
+        entry = self._entries.get(target)
+        if entry is None:
+            entry = self._entries[target] = Entry(parsed)
+        else:
+            entry.update(parsed)
+        return entry
+
+    async def _through(
+        self, store: TokenStore, target: Target, fetch: Callable[[], Awaitable[ParsedToken]]
+    ) -> ParsedToken:
+        """Through the second level: its token while fresh; else the elected refresher's."""
+        stored = await store.read(target)
+        if stored is not None and self._now() < stored.refresh_on:
+            return stored
+        async with store.refresher(target):
+            stored = await store.read(target)  # another holder may have refreshed meanwhile
+            if stored is not None and self._now() < stored.refresh_on:
+                return stored
+            parsed = await fetch()
+            await store.write(target, parsed)
+            return parsed
+
+    def _land(
+        self, key: FlightKey, flight: Flight, cache_result: str, task: asyncio.Task[Entry]
+    ) -> None:
+        """The acquisition ended: forget it and hand its outcome to every waiter."""
+        if self._inflight.get(key) is flight:
+            del self._inflight[key]
+        if flight.scope is not None and self._pending.get(flight.scope) is flight:
+            del self._pending[flight.scope]
+        waiters, flight.waiters = flight.waiters, []
+        if task.cancelled():
+            closed = self._closed_error
+            for waiter in waiters:
+                if not waiter.done():
+                    if closed is not None:
+                        waiter.set_exception(closed())
+                    else:
+                        waiter.cancel()
+            return
+        error = task.exception()  # retrieved: a failure nobody awaited is not reported lost
+        if isinstance(error, ManagedIdentityError):
+            self._log_failure(key[0], cache_result, error)
+        for waiter in waiters:
+            if not waiter.done():
+                if error is not None:
+                    waiter.set_exception(error)
+                else:
+                    waiter.set_result(task.result())
+
+    def _log_failure(self, target: Target, cache_result: str, error: ManagedIdentityError) -> None:
+        entry = self._entries.get(target)
+        if cache_result == "stale" and entry is not None:
+            _logger.warning(
+                "Background refresh of the token for %s failed; the cached token (valid "
+                "%.0f s more) is still served and the refresh is retried in %.0f s: %s",
+                target.label,
+                entry.expires_on - self._now(),
+                REFRESH_RETRY_BACKOFF,
+                error,
+            )
+        else:
+            _logger.warning(
+                "ManagedIdentityCredential could not acquire a token for %s: %s",
+                target.label,
+                error,
+            )
+
+
+if sys.version_info >= (3, 12):
+
+    def _start_task(coroutine: Coroutine[Any, Any, Entry]) -> asyncio.Task[Entry]:
+        """Start an acquisition in a task of its own, running its first step at once: the
+        request is on the wire before the caller yields, instead of one loop iteration later
+        (behind every other ready callback, such as the rest of a cold start's herd)."""
+        return asyncio.Task(coroutine, loop=asyncio.get_running_loop(), eager_start=True)
+
+else:
+
+    def _start_task(coroutine: Coroutine[Any, Any, Entry]) -> asyncio.Task[Entry]:
+        """Start an acquisition in a task of its own (its first step runs at the next loop
+        iteration: eager tasks need Python 3.12)."""
+        return asyncio.get_running_loop().create_task(coroutine)

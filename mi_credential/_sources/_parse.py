@@ -1,0 +1,94 @@
+"""Reading token endpoint responses: JSON bodies, expiry times in the platforms' formats, refresh
+times, and the error shapes the platforms use. Pure: the request time is passed in."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from .._constants import HALF_LIFE_THRESHOLD, REFRESH_BEFORE_EXPIRY
+from .._errors import scrub
+from .._models import RawResponse
+
+
+def decode_json_object(response: RawResponse) -> dict[str, Any] | None:
+    """The body as a JSON object, or ``None`` if it is not one (empty, not JSON, not an object)."""
+    if not response.body:
+        return None
+    try:
+        value = json.loads(response.body.decode("utf-8-sig"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def parse_epoch(value: object) -> int | None:
+    """An absolute expiry as epoch seconds: an integer, a numeric string, or a date string in one
+    of the formats the platforms send (``06/20/2019 02:57:58 +00:00``, ``1/16/2020 5:24:12 AM
+    +00:00``, ISO 8601). ``None`` if it is none of those."""
+    number = to_number(value)
+    if number is not None:
+        return int(number)
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    for fmt in ("%m/%d/%Y %H:%M:%S %z", "%m/%d/%Y %I:%M:%S %p %z"):
+        try:
+            return int(datetime.strptime(text, fmt).timestamp())
+        except ValueError:
+            continue
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return int(parsed.timestamp())
+
+
+def to_number(value: object) -> float | None:
+    """A finite number from a JSON number or a numeric string; ``None`` otherwise."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def refresh_time(request_time: float, expires_on: int, refresh_in: object = None) -> int:
+    """When to refresh proactively: the server's ``refresh_in`` when usable; else half-life for
+    tokens of two hours or more; else five minutes before expiry (at most half the lifetime)."""
+    lifetime = expires_on - request_time
+    server_hint = to_number(refresh_in)
+    if server_hint is not None and 0 < server_hint < lifetime:
+        return int(request_time + server_hint)
+    if lifetime >= HALF_LIFE_THRESHOLD:
+        return int(request_time + lifetime // 2)
+    return int(expires_on - min(REFRESH_BEFORE_EXPIRY, lifetime // 2))
+
+
+def describe_error(response: RawResponse, secrets: Sequence[str]) -> tuple[str | None, str | None]:
+    """The endpoint's error code and description, from the shapes the platforms use:
+    OAuth (``error``/``error_description``), App Service (``statusCode``/``message``) and OData
+    (``error: {code, message}``). Scrubbed; nothing at all if the body carries a token."""
+    payload = decode_json_object(response)
+    if payload is None or "access_token" in payload:
+        return None, None
+    code: object = payload.get("error")
+    description: object = payload.get("error_description") or payload.get("message")
+    if isinstance(code, Mapping):
+        description = code.get("message") or description
+        code = code.get("code")
+    code_text = scrub(str(code), secrets, limit=80) if code else None
+    description_text = scrub(str(description), secrets) if description else None
+    return code_text or None, description_text or None
