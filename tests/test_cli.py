@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from importlib.metadata import entry_points
+
+import pytest
+
+import mi_credential._cli as cli
 
 
 def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -21,3 +26,21 @@ def test_help() -> None:
     assert "demo" in result.stdout
     assert run("demo", "--help").returncode == 0
     assert run("no-such-command").returncode == 2
+
+
+def test_the_demo_is_found_through_its_entry_point() -> None:
+    import mi_credential_demo
+
+    (entry_point,) = entry_points(group=cli.COMMANDS, name="demo")
+    assert entry_point.load() is mi_credential_demo.run
+
+
+def test_a_command_no_package_provides_is_exit_code_3(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli, "entry_points", lambda **selection: ())
+    assert cli.main(["demo"]) == cli.EXIT_MISSING_DEPENDENCY
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "'demo' is not installed" in captured.err
+    assert 'pip install "mi-credential[demo]"' in captured.err

@@ -29,8 +29,8 @@ from opentelemetry.trace import SpanKind
 from prometheus_client.parser import text_string_to_metric_families
 
 import mi_credential._constants as constants
-from mi_credential._cli import _demo_services
-from mi_credential._cli._demo import CONCURRENT_CALLERS, Demo, DemoOptions
+from mi_credential_demo import Demo, DemoOptions, _services
+from mi_credential_demo._steps import CONCURRENT_CALLERS
 
 from .conftest import register_emulator
 
@@ -172,7 +172,7 @@ async def test_in_process_spans_link_up_and_nothing_leaks() -> None:
     register_emulator(demo.emulator)  # the secret scan covers every log record too
     report = out.getvalue()
     assert code == 0, report
-    assert arc_directory == constants.ARC_KEY_DIRECTORY  # restored
+    assert arc_directory == constants.ARC_KEY_DIRECTORY  # the platform default is left alone
 
     assert demo.telemetry is not None
     spans = demo.telemetry.finished_spans()
@@ -219,7 +219,7 @@ async def test_a_failing_step_is_reported_and_the_others_still_run(
 ) -> None:
     """The Orders API now expects another audience, so it refuses every token it is sent: the
     two steps that call it fail, the first still works, the report is still printed."""
-    monkeypatch.setattr(_demo_services, "ORDERS_AUDIENCE", "api://another-api")
+    monkeypatch.setattr(_services, "ORDERS_AUDIENCE", "api://another-api")
     out = io.StringIO()
     demo = Demo(out=out)
     code = await asyncio.wait_for(demo.run(), DEMO_BOUND)
@@ -521,6 +521,26 @@ def test_a_missing_exporter_is_exit_code_3(module: str, args: list[str], package
     assert package in result.stderr
     assert 'pip install "mi-credential[demo]"' in result.stderr
     assert result.stdout == ""  # it stopped before starting anything
+
+
+@pytest.mark.parametrize("module", ["uvicorn", "fastapi", "opentelemetry.sdk"])
+def test_a_missing_demo_dependency_is_exit_code_3(module: str) -> None:
+    code = (
+        "import sys\n"
+        f"sys.modules[{module!r}] = None  # as if it were not installed\n"
+        "from mi_credential._cli import main\n"
+        "raise SystemExit(main(['demo']))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=DEMO_BOUND,
+        check=False,
+    )
+    assert result.returncode == 3, result.stdout + result.stderr
+    # It names what is missing (the module itself or, for a package, its first submodule).
+    assert result.stderr.startswith(f"'demo' needs optional dependencies ({module}")
+    assert result.stderr.endswith(' is missing): pip install "mi-credential[demo]"\n')
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
 
 
 def test_help_describes_the_options() -> None:

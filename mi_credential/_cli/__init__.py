@@ -1,5 +1,10 @@
 """The ``python -m mi_credential`` / ``mi-credential`` command line.
 
+``token``, ``doctor`` and ``emulate`` are modules of this package. ``demo`` is declared here (so
+that ``--help`` lists it without importing anything) but lives above the integrations, in
+``mi_credential_demo``, which the core never imports: it is found through its entry point in the
+:data:`COMMANDS` group, and loaded only when it runs.
+
 Exit codes: 0 success (``doctor``: healthy); 1 the command ran and found a problem (``doctor``:
 unhealthy; ``token``: no token); 2 usage error; 3 a missing optional dependency (install the extra
 the message names).
@@ -11,7 +16,9 @@ import argparse
 import asyncio
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from importlib.metadata import entry_points
+from typing import Any
 from urllib.parse import urlsplit
 
 from .._models import ManagedIdentitySource
@@ -23,6 +30,13 @@ EXIT_USAGE = 2
 EXIT_MISSING_DEPENDENCY = 3
 
 _EXTRA = {"demo": "demo", "emulate": "emulator"}
+
+#: The entry-point group of the commands that other packages of this distribution provide; an
+#: entry point names a coroutine function that takes the parsed arguments and returns the exit
+#: code.
+COMMANDS = "mi_credential.commands"
+
+Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
 
 def _http_url(value: str) -> str:
@@ -99,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="after the report, keep everything running for SECONDS with a round of calls "
         "every second, for scrapes and dashboards (Ctrl-C ends it)",
     )
-    demo.set_defaults(module="_demo")
+    demo.set_defaults(entry_point="demo")
 
     token = commands.add_parser(
         "token",
@@ -158,22 +172,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command(args: argparse.Namespace) -> Command | None:
+    """The ``run`` coroutine function of the command ``args`` names, imported now; ``None`` if
+    no installed package provides its entry point.
+
+    Raises:
+        ImportError: The command needs an optional dependency that is not installed.
+    """
+    module = getattr(args, "module", None)
+    if module is not None:
+        run: Command = importlib.import_module(f"{__name__}.{module}").run
+        return run
+    found = tuple(entry_points(group=COMMANDS, name=args.entry_point))
+    provided: Command | None = found[0].load() if found else None
+    return provided
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    extra = _EXTRA.get(args.command, "emulator")
     try:
-        module = importlib.import_module(f"{__name__}.{args.module}")
+        command = _command(args)
     except ImportError as exc:
-        extra = _EXTRA.get(args.command, "emulator")
         print(
             f"'{args.command}' needs optional dependencies ({exc.name} is missing): "
             f'pip install "mi-credential[{extra}]"',
             file=sys.stderr,
         )
         return EXIT_MISSING_DEPENDENCY
+    if command is None:
+        # The installed metadata predates the command: an editable install is re-installed to
+        # pick up a new entry point.
+        print(
+            f"'{args.command}' is not installed (no {COMMANDS!r} entry point named "
+            f"{args.entry_point!r}): reinstall mi-credential, "
+            f'pip install "mi-credential[{extra}]"',
+            file=sys.stderr,
+        )
+        return EXIT_MISSING_DEPENDENCY
     try:
-        code: int = asyncio.run(module.run(args))
+        code: int = asyncio.run(command(args))
     except KeyboardInterrupt:
         return EXIT_PROBLEM
     return code

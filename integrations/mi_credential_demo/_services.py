@@ -24,14 +24,14 @@ from fastapi import FastAPI, HTTPException, Request
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from mi_credential.emulator import Emulator
+from mi_credential.emulator._crypto import tls_material
 from mi_credential_aiohttp import create_session
 from mi_credential_asgi import (
     ManagedIdentityMiddleware,
     add_credential_error_handler,
     add_readiness_route,
 )
-
-from ..emulator import Emulator, _crypto
 
 ORDERS_AUDIENCE = "api://orders-api"
 ORDERS_SCOPE = f"{ORDERS_AUDIENCE}/.default"
@@ -44,7 +44,7 @@ CALL_TIMEOUT = 10.0
 
 def server_ssl_context() -> ssl.SSLContext:
     """TLS for 127.0.0.1 with the emulator's certificate (its CA is ``Emulator.ca_file``)."""
-    material = _crypto.tls_material()
+    material = tls_material()
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     # load_cert_chain reads files only; they live just long enough to be loaded.
     with tempfile.TemporaryDirectory(prefix="mi-credential-demo-") as folder:

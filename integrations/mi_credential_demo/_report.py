@@ -23,7 +23,7 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
 
-from .._telemetry import (
+from mi_credential._telemetry import (
     ACQUISITION_DURATION,
     ATTEMPTS,
     CACHE_RESULT,
@@ -231,6 +231,41 @@ def cache_summary(data: MetricsData | None) -> CacheSummary:
     return CacheSummary(totals["hit"], totals["stale"], totals["miss"], coalesced)
 
 
+# -- the report ---------------------------------------------------------------------------------
+
+
+def render_report(data: MetricsData | None, spans: Sequence[ReadableSpan]) -> list[str]:
+    """The report printed after the steps, each section after a blank line: latency by source,
+    the cache, the span tree and the metric values."""
+    lines = [
+        "",
+        "Acquisition latency by source (mi_credential.token.acquisition.duration)",
+        f"   {'source':<18} {'acquisitions':>12} {'errors':>7} {'mean':>10} "
+        f"{'min':>10} {'max':>10}",
+    ]
+    lines += [
+        f"   {row.source:<18} {row.count:>12} {row.errors:>7} {duration(row.mean):>10} "
+        f"{duration(row.min):>10} {duration(row.max):>10}"
+        for row in latency_by_source(data)
+    ]
+    cache = cache_summary(data)
+    lines += [
+        "",
+        "Cache (mi_credential.token.requests, mi_credential.token.coalesced_waiters)",
+        f"   {cache.calls} get_token calls: {cache.hits + cache.stale} served from the cache "
+        f"(hit ratio {cache.hit_ratio:.0%}), {cache.misses} waited for an acquisition,",
+        f"   {cache.coalesced} of which joined one already in flight instead of sending a "
+        "request of their own",
+        "",
+        f"Span tree ({len(spans)} spans)",
+        *(f"   {line}" for line in render_span_tree(spans)),
+        "",
+        "Metric values (counter series at zero left out)",
+        *(f"   {line}" for line in render_metrics(data)),
+    ]
+    return lines
+
+
 __all__ = [
     "CacheSummary",
     "SourceLatency",
@@ -238,5 +273,6 @@ __all__ = [
     "duration",
     "latency_by_source",
     "render_metrics",
+    "render_report",
     "render_span_tree",
 ]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 from aiohttp import web
 from opentelemetry.sdk.metrics import MeterProvider
@@ -29,7 +28,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, Sp
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Tracer
 
-from .._version import __version__
+from mi_credential import __version__
 
 SERVICE_NAME = "mi-credential-demo"
 #: Seconds an OTLP push may take, retries included, before it counts as failed.
@@ -38,20 +37,6 @@ OTLP_TIMEOUT = 5.0
 
 class MissingDependencyError(Exception):
     """An option needs a package that is not installed; the message says which."""
-
-
-def otlp_endpoint(value: str) -> str:
-    """The base URL of an OTLP/HTTP receiver, such as ``http://localhost:4318``.
-
-    Raises:
-        ValueError: Not an http(s) URL with a host.
-    """
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(
-            f"{value!r} is not the URL of an OTLP/HTTP receiver, such as http://localhost:4318"
-        )
-    return value.rstrip("/")
 
 
 class OtlpSink:
