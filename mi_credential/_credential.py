@@ -26,6 +26,7 @@ from ._options import NO_SOURCE_MESSAGE, check_options, configure
 from ._sources import TokenSource
 from ._transport import Transport
 from .http import check_scope
+from .telemetry import IDENTITY_KIND, SOURCE
 
 if TYPE_CHECKING:
     import aiohttp
@@ -128,7 +129,6 @@ class ManagedIdentityCredential:
         # the package: a process that only imports it pays for neither.
         from ._acquire import Acquirer
         from ._recorder import Recorder
-        from ._telemetry import IDENTITY_KIND, SOURCE
 
         now = clock or time.time
         monotonic = clock or time.monotonic

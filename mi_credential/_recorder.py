@@ -1,6 +1,7 @@
-"""Recording acquisitions and their HTTP attempts as spans and metrics (names and instruments
-are ``_telemetry``'s). Nothing recorded carries a token, a secret header, key-file content or
-JWT claims; every call into OpenTelemetry is guarded, so telemetry never fails an acquisition.
+"""Recording acquisitions and their HTTP attempts as spans and metrics. The names are
+:mod:`mi_credential.telemetry`'s, the instruments ``_instruments``'. Nothing recorded carries a
+token, a secret header, key-file content or JWT claims; every call into OpenTelemetry is
+guarded, so telemetry never fails an acquisition.
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from ._telemetry import (
+from ._instruments import (
+    SUPPRESS_HTTP_INSTRUMENTATION_KEY,
+    Instruments,
+    instruments_for,
+    tracer_for,
+)
+from .telemetry import (
     ACQUISITION_SPAN,
     ATTEMPTS,
     CACHE_RESULT,
@@ -29,11 +36,7 @@ from ._telemetry import (
     RESOURCE,
     SERVER_ADDRESS,
     SERVER_PORT,
-    SUPPRESS_HTTP_INSTRUMENTATION_KEY,
     URL_FULL,
-    Instruments,
-    instruments_for,
-    tracer_for,
 )
 
 if TYPE_CHECKING:

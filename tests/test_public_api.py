@@ -34,6 +34,32 @@ def test_all_is_complete_and_exact() -> None:
         assert hasattr(mi_credential, name)
 
 
+def test_the_public_modules_export_exactly_their_names() -> None:
+    from mi_credential import http, telemetry
+
+    for module in (http, telemetry):
+        names = {
+            name
+            for name, value in vars(module).items()
+            if not name.startswith("_")
+            and name != "annotations"
+            and not inspect.ismodule(value)
+            and getattr(value, "__module__", module.__name__) == module.__name__
+        }
+        assert set(module.__all__) == names, module.__name__
+    assert telemetry.ACQUISITION_DURATION == "mi_credential.token.acquisition.duration"
+    assert telemetry.INSTRUMENTATION_SCOPE == "mi_credential"
+
+
+def test_importing_the_package_loads_no_opentelemetry_or_aiohttp() -> None:
+    code = (
+        "import sys, mi_credential; from mi_credential import http, telemetry; "
+        "print(' '.join(m for m in sys.modules if m.split('.')[0] in ('opentelemetry', 'aiohttp')))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == []
+
+
 def test_error_tree() -> None:
     for error in (
         mi_credential.ManagedIdentityError,

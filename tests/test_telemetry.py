@@ -20,9 +20,9 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from mi_credential import ManagedIdentityCredential, TokenRequestError
 from mi_credential import ManagedIdentitySource as S
-from mi_credential._telemetry import ACQUISITION_BUCKETS, SCHEMA_URL
 from mi_credential._version import __version__
 from mi_credential.emulator import Emulator, Fault
+from mi_credential.telemetry import ACQUISITION_BUCKETS, SCHEMA_URL
 
 from .conftest import FakeClock
 

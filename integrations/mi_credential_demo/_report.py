@@ -23,7 +23,7 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
 
-from mi_credential._telemetry import (
+from mi_credential.telemetry import (
     ACQUISITION_DURATION,
     ATTEMPTS,
     CACHE_RESULT,

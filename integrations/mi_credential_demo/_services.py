@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import ssl
-import tempfile
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
@@ -25,7 +23,6 @@ from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from mi_credential.emulator import Emulator
-from mi_credential.emulator._crypto import tls_material
 from mi_credential_aiohttp import create_session
 from mi_credential_asgi import (
     ManagedIdentityMiddleware,
@@ -40,23 +37,6 @@ PROPAGATOR = TraceContextTextMapPropagator()
 
 #: Seconds any single call between the demo's parts may take.
 CALL_TIMEOUT = 10.0
-
-
-def server_ssl_context() -> ssl.SSLContext:
-    """TLS for 127.0.0.1 with the emulator's certificate (its CA is ``Emulator.ca_file``)."""
-    material = tls_material()
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    # load_cert_chain reads files only; they live just long enough to be loaded.
-    with tempfile.TemporaryDirectory(prefix="mi-credential-demo-") as folder:
-        paths = []
-        for name, data in (("server.pem", material.cert_pem), ("server.key", material.key_pem)):
-            path = os.path.join(folder, name)
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(descriptor, "wb") as handle:
-                handle.write(data)
-            paths.append(path)
-        context.load_cert_chain(*paths)
-    return context
 
 
 def client_ssl_context(ca_file: str) -> ssl.SSLContext:
@@ -95,7 +75,8 @@ class OrdersApi:
         app.router.add_get("/orders", self._orders)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=server_ssl_context())
+        ssl_context = self._emulator.server_ssl_context()  # its clients trust the emulator's CA
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=ssl_context)
         await site.start()
         port = self._runner.addresses[0][1]
         self.url = f"https://127.0.0.1:{port}/orders"

@@ -268,8 +268,26 @@ class TokenSource:
     ) -> ManagedIdentityError:
         """The error for a final non-2xx response."""
         code, description = describe_error(response, request.secrets)
-        return TokenRequestError(
-            self.error_message(response, code, description, attempts, elapsed, self.hint(response)),
+        message = self.error_message(
+            response, code, description, attempts, elapsed, self.hint(response)
+        )
+        return self.response_error(
+            TokenRequestError, message, response, code, description, attempts, elapsed
+        )
+
+    def response_error(
+        self,
+        error_type: type[ManagedIdentityError],
+        message: str,
+        response: RawResponse,
+        code: str | None,
+        description: str | None,
+        attempts: int,
+        elapsed: float,
+    ) -> ManagedIdentityError:
+        """An error of ``error_type`` about a final response, with the response's facts."""
+        return error_type(
+            message,
             source=self.kind,
             status_code=response.status,
             reason=response.reason,

@@ -46,28 +46,18 @@ class ImdsSource(TokenSource):
                     f"The {self.identity.describe()} is not assigned to this resource. Assign "
                     "it, or check the identifier."
                 )
-            return CredentialUnavailableError(
-                f"ManagedIdentityCredential authentication unavailable. {what}{detail}",
-                source=self.kind,
-                status_code=response.status,
-                reason=response.reason,
-                error_code=code,
-                error_description=description,
-                attempts=attempts,
-                elapsed=elapsed,
+            message = f"ManagedIdentityCredential authentication unavailable. {what}{detail}"
+            return self.response_error(
+                CredentialUnavailableError, message, response, code, description, attempts, elapsed
             )
         if response.status == 403 and "unreachable" in (description or "").lower():
             # Docker Desktop's proxy answers 403 "... unreachable network" when IMDS is absent.
-            return CredentialUnavailableError(
+            message = (
                 "ManagedIdentityCredential authentication unavailable: IMDS is unreachable "
-                f"from here.{detail}",
-                source=self.kind,
-                status_code=response.status,
-                reason=response.reason,
-                error_code=code,
-                error_description=description,
-                attempts=attempts,
-                elapsed=elapsed,
+                f"from here.{detail}"
+            )
+            return self.response_error(
+                CredentialUnavailableError, message, response, code, description, attempts, elapsed
             )
         return super().error_from_response(response, request, attempts=attempts, elapsed=elapsed)
 

@@ -148,8 +148,7 @@ class Emulator:
         https_app.router.add_post(ENTRA_TOKEN_PATH, route(_S.WORKLOAD_IDENTITY, endpoints.entra))
         https_app.router.add_get("/emulator/jwks", jwks)
 
-        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ssl_context.load_cert_chain(self._cert_file, self._key_file)
+        ssl_context = self.server_ssl_context()
         http_port = await self._serve(http_app, self._port, None)
         https_port = await self._serve(https_app, self._https_port, ssl_context)
         host = f"[{self._host}]" if ":" in self._host else self._host
@@ -216,6 +215,14 @@ class Emulator:
             Env.AZURE_CLIENT_ID: self.workload_client_id,
             Env.AZURE_FEDERATED_TOKEN_FILE: self.token_file,
         }
+
+    def server_ssl_context(self) -> ssl.SSLContext:
+        """A server-side TLS context with the emulator's certificate (for ``localhost``,
+        127.0.0.1 and ::1, signed by the CA in :attr:`ca_file`): for other loopback services
+        next to the emulator that its clients should trust too."""
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self._cert_file, self._key_file)
+        return context
 
     def client_options(self, source: ManagedIdentitySource | str) -> dict[str, Any]:
         """Keyword arguments that make a :class:`~mi_credential.ManagedIdentityCredential` use

@@ -1,5 +1,6 @@
-"""OpenTelemetry traces and metrics, through ``opentelemetry-api`` only: the names, the meter
-instruments, and the tracer and instruments of each provider (recording is ``_recorder``).
+"""OpenTelemetry traces and metrics, through ``opentelemetry-api`` only: the meter instruments,
+and the tracer and instruments of each provider. The names are :mod:`mi_credential.telemetry`'s;
+recording is ``_recorder``'s.
 
 * One INTERNAL span ``ManagedIdentityCredential.get_token`` per acquisition (a cache miss, an
   expired token, a forced or a background refresh), never per cache hit.
@@ -26,13 +27,25 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from ._cache import CacheStats
 from ._version import __version__
+from .telemetry import (
+    ACQUISITION_BUCKETS,
+    ACQUISITION_DURATION,
+    CACHE_RESULT,
+    COALESCED_WAITERS,
+    HTTP_BUCKETS,
+    HTTP_CLIENT_DURATION,
+    INSTRUMENTATION_SCOPE,
+    OUTCOME,
+    RESOURCE,
+    SCHEMA_URL,
+    TIME_TO_EXPIRY,
+    TOKEN_REFRESHES,
+    TOKEN_REQUESTS,
+)
 
 if TYPE_CHECKING:
     from ._cache import TokenCache
     from ._recorder import Recorder
-
-INSTRUMENTATION_SCOPE = "mi_credential"
-SCHEMA_URL = "https://opentelemetry.io/schemas/1.27.0"
 
 try:  # The key azure-core and the HTTP instrumentations agree on.
     from opentelemetry.context import _SUPPRESS_HTTP_INSTRUMENTATION_KEY
@@ -40,34 +53,6 @@ try:  # The key azure-core and the HTTP instrumentations agree on.
     SUPPRESS_HTTP_INSTRUMENTATION_KEY: str = _SUPPRESS_HTTP_INSTRUMENTATION_KEY
 except ImportError:  # pragma: no cover - very old opentelemetry-api
     SUPPRESS_HTTP_INSTRUMENTATION_KEY = "suppress_http_instrumentation"
-
-# Span and metric names.
-ACQUISITION_SPAN = "ManagedIdentityCredential.get_token"
-ACQUISITION_DURATION = "mi_credential.token.acquisition.duration"
-TOKEN_REQUESTS = "mi_credential.token.requests"
-TOKEN_REFRESHES = "mi_credential.token.refreshes"
-COALESCED_WAITERS = "mi_credential.token.coalesced_waiters"
-TIME_TO_EXPIRY = "mi_credential.token.time_to_expiry"
-HTTP_CLIENT_DURATION = "http.client.request.duration"
-
-# Attribute names.
-SOURCE = "mi_credential.source"
-IDENTITY_KIND = "mi_credential.identity.kind"
-RESOURCE = "mi_credential.resource"
-CACHE_RESULT = "mi_credential.cache.result"
-REFRESH_REASON = "mi_credential.refresh.reason"
-ATTEMPTS = "mi_credential.attempts"
-OUTCOME = "mi_credential.outcome"
-ERROR_TYPE = "error.type"
-HTTP_REQUEST_METHOD = "http.request.method"
-HTTP_RESPONSE_STATUS_CODE = "http.response.status_code"
-HTTP_REQUEST_RESEND_COUNT = "http.request.resend_count"
-SERVER_ADDRESS = "server.address"
-SERVER_PORT = "server.port"
-URL_FULL = "url.full"
-
-ACQUISITION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
-HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
 
 
 class Instruments:
