@@ -8,7 +8,9 @@ knows nothing of any particular source.
 
 from __future__ import annotations
 
+import functools
 import logging
+import random
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
@@ -37,11 +39,11 @@ Exchange = tuple[TokenRequest, "RawResponse | TransportError"]
 
 
 class Acquirer:
-    """Gets tokens for one credential from its source's endpoint.
+    """Gets tokens from a source's endpoint. Immutable: credentials created alike share one
+    (:func:`shared_acquirer`); each sends with its own transport.
 
     Args:
         source: The hosting source.
-        transport: Sends the requests.
         recorder: Records spans and metrics.
         timeout: Overall deadline of one acquisition, retries included, in seconds.
         now: Wall clock, epoch seconds (request times, ``Retry-After`` dates).
@@ -60,13 +62,11 @@ class Acquirer:
         "_timeout",
         "_user_agent",
         "recorder",
-        "transport",
     )
 
     def __init__(
         self,
         source: TokenSource,
-        transport: Transport,
         recorder: Recorder,
         *,
         timeout: float,
@@ -77,7 +77,6 @@ class Acquirer:
         user_agent: str | None,
     ) -> None:
         self._source = source
-        self.transport = transport
         self.recorder = recorder
         self._timeout = timeout
         self._now = now
@@ -87,11 +86,17 @@ class Acquirer:
         self._user_agent = f"{_BASE_USER_AGENT} {user_agent}" if user_agent else _BASE_USER_AGENT
 
     async def acquire(
-        self, target: Target, claims: str | None, reason: str, cache_result: str
+        self,
+        transport: Transport,
+        target: Target,
+        claims: str | None,
+        reason: str,
+        cache_result: str,
     ) -> ParsedToken:
         """A token for ``target`` from the endpoint, traced and measured.
 
         Args:
+            transport: Sends the requests.
             target: What the token is for.
             claims: The claims to send (where the source sends any).
             reason: Why (``initial``, ``expired``, ``proactive``, ``claims``), for telemetry.
@@ -102,8 +107,8 @@ class Acquirer:
         """
         record = self.recorder.start_acquisition(target.label, reason, cache_result)
         try:
-            async with self.transport.lease():
-                parsed = await self._attempts(target, claims, record)
+            async with transport.lease():
+                parsed = await self._attempts(transport, target, claims, record)
         except BaseException as exc:
             self.recorder.finish_acquisition(record, exc)
             raise
@@ -120,7 +125,7 @@ class Acquirer:
         return parsed
 
     async def _attempts(
-        self, target: Target, claims: str | None, record: Acquisition
+        self, transport: Transport, target: Target, claims: str | None, record: Acquisition
     ) -> ParsedToken:
         source = self._source
         start = self._monotonic()
@@ -133,7 +138,7 @@ class Acquirer:
             record.attempts = state.attempts
             request_time = self._now()
             request, response = await self._exchange(
-                target, claims, deadline, state.attempts - 1, record, headers
+                transport, target, claims, deadline, state.attempts - 1, record, headers
             )
             if isinstance(response, TransportError):
                 if not response.retryable:
@@ -177,6 +182,7 @@ class Acquirer:
 
     async def _exchange(
         self,
+        transport: Transport,
         target: Target,
         claims: str | None,
         deadline: float,
@@ -197,7 +203,7 @@ class Acquirer:
                     continue
                 request = step.with_headers(*headers)
                 try:
-                    reply = await self._send(request, deadline, resend_count, record)
+                    reply = await self._send(transport, request, deadline, resend_count, record)
                 except TransportError as exc:
                     return request, exc
         except StopIteration as stop:
@@ -207,7 +213,12 @@ class Acquirer:
             flow.close()
 
     async def _send(
-        self, request: TokenRequest, deadline: float, resend_count: int, record: Acquisition
+        self,
+        transport: Transport,
+        request: TokenRequest,
+        deadline: float,
+        resend_count: int,
+        record: Acquisition,
     ) -> RawResponse:
         remaining = deadline - self._monotonic()
         if remaining <= 0:
@@ -215,7 +226,7 @@ class Acquirer:
         recorder = self.recorder
         attempt = recorder.start_attempt(record, request.method, request.url, resend_count)
         try:
-            response = await self.transport.send(request, timeout=remaining)
+            response = await transport.send(request, timeout=remaining)
         except TransportError as exc:
             cause = exc.__cause__
             error_type = type(cause).__name__ if cause else "timeout"
@@ -226,3 +237,27 @@ class Acquirer:
             raise
         recorder.finish_attempt(attempt, status=response.status)
         return response
+
+
+@functools.lru_cache(maxsize=32)
+def shared_acquirer(
+    source: TokenSource,
+    recorder: Recorder,
+    *,
+    timeout: float,
+    now: Callable[[], float],
+    monotonic: Callable[[], float],
+    sleep: Callable[[float], Awaitable[Any]],
+    user_agent: str | None,
+) -> Acquirer:
+    """The acquirer for these settings, shared by the credentials created with them."""
+    return Acquirer(
+        source,
+        recorder,
+        timeout=timeout,
+        now=now,
+        monotonic=monotonic,
+        sleep=sleep,
+        random=random.random,
+        user_agent=user_agent,
+    )

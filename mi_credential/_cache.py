@@ -1,20 +1,13 @@
 """The token cache: entries, refresh windows, single-flight acquisition, and a store seam.
 
-No transport and no OpenTelemetry here: tokens come from a ``fetch`` function the credential
-passes in, and the counts telemetry reports are plain integers (:class:`CacheStats`).
-
-* **Fresh** (before ``refresh_on``): the cached token, from a dict lookup and a clock read.
-* **Advisory** (past ``refresh_on``, still valid beyond the mandatory margin): the cached token
-  at once, and one background refresh; after a failed one, the next starts no sooner than
-  :data:`~mi_credential._constants.REFRESH_RETRY_BACKOFF` later.
-* **Mandatory** (expired or nearly): callers wait for the one acquisition in flight; its
-  failure reaches every one of them.
-* A caller that is cancelled cancels its own wait, never the acquisition the others share.
-* A caller's ``claims`` bypass the cache once; the token obtained then replaces the cached one.
-
-A :class:`TokenStore` is a second level behind the in-process dicts (a cross-process store,
-for instance): a miss or a refresh reads it first, and only the one refresher it elects asks
-the endpoint and writes the result back. The cache-hit path never touches it.
+No transport and no OpenTelemetry: tokens come from the ``fetch`` function a caller passes, and
+the counts telemetry reports are plain integers (:class:`CacheStats`). Fresh (before
+``refresh_on``): the cached token. Advisory (past it, valid beyond the mandatory margin): the
+cached token, and one background refresh, retried no sooner than ``REFRESH_RETRY_BACKOFF``
+after a failure. Mandatory (expired or nearly): every caller waits for the one acquisition in
+flight. A cancelled caller never cancels the acquisition the others share; a caller's
+``claims`` bypass the cache once. A :class:`TokenStore` is a second level shared beyond this
+cache: misses and refreshes read it first, and only the refresher it elects asks the endpoint.
 """
 
 from __future__ import annotations
@@ -76,7 +69,11 @@ class CacheStats:
 
 
 class Entry:
-    """A cached token. Updated in place when refreshed, so every alias sees the new token."""
+    """A cached token. Updated in place when refreshed, so every alias sees the new token.
+
+    The values handed out (:attr:`access_token`, :attr:`info`) are made on first use: most
+    applications ask with only one of the two getters.
+    """
 
     __slots__ = (
         "access_token",
@@ -85,23 +82,37 @@ class Entry:
         "mandatory_at",
         "next_background_refresh",
         "refresh_on",
+        "token",
+        "token_type",
     )
 
     def __init__(self, parsed: ParsedToken) -> None:
         self.update(parsed)
 
     def update(self, parsed: ParsedToken) -> None:
-        self.access_token: AccessToken = RedactedAccessToken(parsed.token, parsed.expires_on)
-        self.info: AccessTokenInfo = RedactedAccessTokenInfo(
-            parsed.token,
-            parsed.expires_on,
-            token_type=parsed.token_type,
-            refresh_on=parsed.refresh_on,
-        )
+        self.token = parsed.token
+        self.token_type = parsed.token_type
         self.expires_on = parsed.expires_on
         self.refresh_on = parsed.refresh_on
         self.mandatory_at = max(parsed.refresh_on, parsed.expires_on - MANDATORY_REFRESH_MARGIN)
         self.next_background_refresh = 0.0
+        self.access_token: AccessToken | None = None
+        self.info: AccessTokenInfo | None = None
+
+    def new_access_token(self) -> AccessToken:
+        """:attr:`access_token`, made now (call when it is ``None``)."""
+        token = self.access_token = RedactedAccessToken(self.token, self.expires_on)
+        return token
+
+    def new_info(self) -> AccessTokenInfo:
+        """:attr:`info`, made now (call when it is ``None``)."""
+        info = self.info = RedactedAccessTokenInfo(
+            self.token, self.expires_on, token_type=self.token_type, refresh_on=self.refresh_on
+        )
+        return info
+
+    def __repr__(self) -> str:
+        return f"Entry(token='****', expires_on={self.expires_on}, refresh_on={self.refresh_on})"
 
 
 class Flight:
@@ -149,8 +160,8 @@ class TokenCache:
         self._now = now
         self.stats = stats
         self._store = store
-        # ``_hot`` maps a scope string to its entry for the fast path; ``_entries`` is keyed by
-        # target. Both point at the same Entry objects.
+        # ``_hot`` maps the scope string of a plain single-scope call to its entry for the fast
+        # path; ``_entries`` is keyed by target. Both point at the same Entry objects.
         self._hot: dict[str, Entry] = {}
         self._entries: dict[Target, Entry] = {}
         # In flight, by (target, the claims sent), so a claims challenge never joins an
@@ -247,9 +258,11 @@ class TokenCache:
             raise
 
     def expiries(self) -> list[tuple[str, float]]:
-        """``(resource, seconds to expiry)`` per cached token."""
+        """``(resource, seconds to expiry)`` per cached token. Called from metric readers'
+        threads too: the entries are copied in one step before they are read."""
         now = self._now()
-        return [(target.label, entry.expires_on - now) for target, entry in self._entries.items()]
+        entries = list(self._entries.items())
+        return [(target.label, entry.expires_on - now) for target, entry in entries]
 
     async def settle(self, timeout: float = 10.0) -> None:
         """Wait until no acquisition is in flight (background refreshes included).
@@ -365,11 +378,8 @@ class TokenCache:
                 error,
             )
         else:
-            _logger.warning(
-                "ManagedIdentityCredential could not acquire a token for %s: %s",
-                target.label,
-                error,
-            )
+            message = "ManagedIdentityCredential could not acquire a token for %s: %s"
+            _logger.warning(message, target.label, error)
 
 
 if sys.version_info >= (3, 12):

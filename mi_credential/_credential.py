@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
@@ -21,9 +20,9 @@ from ._constants import DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT, DEFAULT_T
 from ._constants import EnvironmentVariables as Env
 from ._environment import SourceConfig, build_identity
 from ._errors import CredentialUnavailableError, ManagedIdentityError
-from ._models import Identity, ManagedIdentitySource
+from ._models import Identity, ManagedIdentitySource, ParsedToken
 from ._options import NO_SOURCE_MESSAGE, check_options, configure
-from ._sources import TokenSource
+from ._sources import Target, TokenSource
 from ._transport import Transport
 from .http import check_scope
 from .telemetry import IDENTITY_KIND, SOURCE
@@ -84,7 +83,16 @@ class ManagedIdentityCredential:
 
     # A process may hold many credentials (one per identity, per client library); slots keep
     # each one small.
-    __slots__ = ("__weakref__", "_acquirer", "_cache", "_closed", "_config", "_identity", "_source")
+    __slots__ = (
+        "__weakref__",
+        "_acquirer",
+        "_cache",
+        "_closed",
+        "_config",
+        "_identity",
+        "_source",
+        "_transport",
+    )
 
     def __init__(
         self,
@@ -127,7 +135,7 @@ class ManagedIdentityCredential:
 
         # OpenTelemetry and the acquisition machinery load with the first credential, not with
         # the package: a process that only imports it pays for neither.
-        from ._acquire import Acquirer
+        from ._acquire import shared_acquirer
         from ._recorder import Recorder
 
         now = clock or time.time
@@ -144,24 +152,24 @@ class ManagedIdentityCredential:
         self._cache = TokenCache(now=now, stats=recorder.stats)
         recorder.watch(self._cache)
         self._acquirer: Acquirer | None = None
+        self._transport: Transport | None = None
         if self._source is None:
             _logger.warning("ManagedIdentityCredential: %s", NO_SOURCE_MESSAGE)
             return
-        self._acquirer = Acquirer(
+        self._acquirer = shared_acquirer(
             self._source,
-            Transport(
-                session=session,
-                connect_timeout=float(connection_timeout),
-                read_timeout=float(read_timeout),
-                verify=connection_verify,
-            ),
             recorder,
             timeout=float(timeout),
             now=now,
             monotonic=monotonic,
             sleep=sleep or asyncio.sleep,
-            random=random.random,
             user_agent=user_agent,
+        )
+        self._transport = Transport(
+            session=session,
+            connect_timeout=float(connection_timeout),
+            read_timeout=float(read_timeout),
+            verify=connection_verify,
         )
         assert self._config is not None
         _logger.info(
@@ -207,7 +215,7 @@ class ManagedIdentityCredential:
         entry = None if claims or tenant_id is not None or enable_cae else self._cache.hit(scopes)
         if entry is None:
             entry = await self._get(scopes, claims, tenant_id, enable_cae, "get_token")
-        return entry.access_token
+        return entry.access_token or entry.new_access_token()
 
     async def get_token_info(
         self, *scopes: str, options: TokenRequestOptions | None = None
@@ -237,7 +245,7 @@ class ManagedIdentityCredential:
                 bool(options.get("enable_cae", False)),
                 "get_token_info",
             )
-        return entry.info
+        return entry.info or entry.new_info()
 
     async def close(self) -> None:
         """Cancel in-flight acquisitions, forget cached tokens and close the HTTP session the
@@ -246,8 +254,8 @@ class ManagedIdentityCredential:
             return
         self._closed = True
         await self._cache.close(self._closed_error)
-        if self._acquirer is not None:
-            await self._acquirer.transport.close()
+        if self._transport is not None:
+            await self._transport.close()
 
     async def __aenter__(self) -> ManagedIdentityCredential:
         if self._closed:
@@ -291,13 +299,13 @@ class ManagedIdentityCredential:
                     return await cache.wait(flight, coalesced=True)
             for each in scopes:
                 check_scope(each)
-            source, acquirer = self._source, self._acquirer
-            if source is None or acquirer is None:
+            source = self._source
+            if source is None:
                 raise CredentialUnavailableError(NO_SOURCE_MESSAGE)
             target = source.target(scopes, tenant_id, enable_cae)
             return await cache.get(
                 target,
-                acquirer.acquire,
+                self._fetch,
                 claims=claims or None,
                 sent_claims=source.sent_claims(target, claims),
                 scope=scope,
@@ -306,6 +314,13 @@ class ManagedIdentityCredential:
             # The acquisition itself logged the failure once at WARNING; this is per call.
             _logger.debug("ManagedIdentityCredential.%s failed: %s", method, exc)
             raise
+
+    async def _fetch(
+        self, target: Target, claims: str | None, reason: str, cache_result: str
+    ) -> ParsedToken:
+        """A token from the endpoint, through this credential's transport."""
+        assert self._acquirer is not None and self._transport is not None
+        return await self._acquirer.acquire(self._transport, target, claims, reason, cache_result)
 
     def _closed_error(self) -> ManagedIdentityError:
         return ManagedIdentityError(

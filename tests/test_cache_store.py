@@ -86,7 +86,7 @@ def new_cache(clock: FakeClock, store: DictStore | None) -> TokenCache:
 
 async def get(cache: TokenCache, endpoint: Endpoint, claims: str | None = None) -> str:
     entry = await cache.get(TARGET, endpoint.fetch, claims=claims, sent_claims=None, scope=SCOPE)
-    return entry.access_token.token
+    return entry.token
 
 
 async def test_a_cache_uses_the_token_another_cache_stored(
