@@ -181,6 +181,17 @@ async def test_server_refresh_in_is_honoured(
     assert len(emulator.requests) == 2
 
 
+@pytest.mark.parametrize("source", [S.IMDS, S.APP_SERVICE])  # expires_in; absolute expires_on
+async def test_a_two_hour_token_is_refreshed_at_half_life(
+    emulator: Emulator, make_credential: CredentialFactory, clock: FakeClock, source: S
+) -> None:
+    clock.advance(0.7)  # asked for at a fractional second, as on a real clock
+    emulator.token_lifetime = 7200
+    credential = make_credential(source)
+    info = await credential.get_token_info(SCOPE)
+    assert abs(info.refresh_on - (clock() + 3600)) <= 5
+
+
 async def test_short_lived_tokens_refresh_five_minutes_before_expiry(
     emulator: Emulator, make_credential: CredentialFactory, clock: FakeClock
 ) -> None:

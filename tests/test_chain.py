@@ -58,6 +58,22 @@ async def test_unavailable_hands_over_to_the_next_credential(
     await managed.close()
 
 
+async def test_docker_desktops_unreachable_network_hands_over(
+    emulator: Emulator, clock: FakeClock
+) -> None:
+    body = b"dial tcp 169.254.169.254:80: A socket operation was attempted to an unreachable network."
+    emulator.add_fault(Fault.raw(body, status=403, content_type="text/plain", times=None))
+    fallback = Fallback()
+    managed = ManagedIdentityCredential(
+        environ=emulator.environ(S.IMDS), clock=clock, sleep=clock.sleep
+    )
+    async with ChainedTokenCredential(managed, fallback) as chain:  # type: ignore[arg-type]
+        token = await chain.get_token(SCOPE)
+    assert token.token == "fallback-token"
+    assert len(emulator.requests) == 1  # a refusal is not retried
+    await managed.close()
+
+
 async def test_the_error_is_both_ours_and_azure_identitys(
     emulator: Emulator, clock: FakeClock
 ) -> None:

@@ -438,6 +438,18 @@ def test_imds_400_invalid_resource_is_not_unavailable() -> None:
 def test_imds_403_unreachable_network_is_unavailable() -> None:
     body = {"error": "forbidden", "error_description": "A socket operation was attempted to an unreachable network"}
     assert isinstance(error_for(S.IMDS, response(403, body)), CredentialUnavailableError)
+    # Docker Desktop's proxy says it in plain text.
+    text = (
+        b"connecting to 169.254.169.254:80: dial tcp 169.254.169.254:80: connectex: "
+        b"A socket operation was attempted to an unreachable network."
+    )
+    error = error_for(S.IMDS, RawResponse(403, "Forbidden", {"content-type": "text/plain"}, text))
+    assert isinstance(error, CredentialUnavailableError) and error.status_code == 403
+    assert "IMDS is unreachable from here" in str(error) and "unreachable network" in str(error)
+    # Elsewhere, and for other refusals, a 403 is a refusal.
+    plain = RawResponse(403, "Forbidden", {"content-type": "text/plain"}, b"forbidden")
+    assert type(error_for(S.IMDS, plain)) is TokenRequestError
+    assert type(error_for(S.APP_SERVICE, RawResponse(403, "Forbidden", {}, text))) is TokenRequestError
 
 
 @pytest.mark.parametrize(
@@ -484,6 +496,8 @@ def test_refresh_time_rules() -> None:
     assert refresh_time(NOW, NOW + 86400) == NOW + 43200
     assert refresh_time(NOW, NOW + 7200) == NOW + 3600
     assert refresh_time(NOW, NOW + 7199) == NOW + 7199 - 300
+    # Two hours asked for at a fractional second: the whole-second expiry is 7199.3 s away.
+    assert refresh_time(NOW + 0.7, NOW + 7200) == NOW + 3599
     assert refresh_time(NOW, NOW + 100) == NOW + 50
     assert refresh_time(NOW, NOW + 86400, 60) == NOW + 60
     assert refresh_time(NOW, NOW + 86400, "bad") == NOW + 43200

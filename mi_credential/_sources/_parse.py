@@ -72,7 +72,9 @@ def refresh_time(request_time: float, expires_on: int, refresh_in: object = None
     server_hint = to_number(refresh_in)
     if server_hint is not None and 0 < server_hint < lifetime:
         return int(request_time + server_hint)
-    if lifetime >= HALF_LIFE_THRESHOLD:
+    # Expiry times are whole seconds and the request time is not: a two-hour token asked for
+    # at 12.7 s expires at 7212, 7199.3 s later, and is still a two-hour token.
+    if math.ceil(lifetime) >= HALF_LIFE_THRESHOLD:
         return int(request_time + lifetime // 2)
     return int(expires_on - min(REFRESH_BEFORE_EXPIRY, lifetime // 2))
 

@@ -6,7 +6,7 @@ https://learn.microsoft.com/entra/identity/managed-identities-azure-resources/ho
 from __future__ import annotations
 
 from .._constants import IMDS_API_VERSION
-from .._errors import CredentialUnavailableError, ManagedIdentityError
+from .._errors import CredentialUnavailableError, ManagedIdentityError, scrub
 from .._models import IdentityKind, ManagedIdentitySource, RawResponse, TokenRequest
 from .._retry import IMDS_RETRY_POLICY
 from ._base import Target, TokenSource, build_url, identity_params
@@ -50,8 +50,13 @@ class ImdsSource(TokenSource):
             return self.response_error(
                 CredentialUnavailableError, message, response, code, description, attempts, elapsed
             )
-        if response.status == 403 and "unreachable" in (description or "").lower():
-            # Docker Desktop's proxy answers 403 "... unreachable network" when IMDS is absent.
+        if response.status == 403 and b"unreachable" in response.body.lower():
+            # Docker Desktop's proxy answers 403 with "... A socket operation was attempted to
+            # an unreachable network" (plain text, or inside a JSON error) when it cannot route
+            # to IMDS: there is no IMDS here, so a credential chain moves on.
+            if not detail:
+                text = scrub(response.body.decode("utf-8", "replace"), request.secrets, limit=200)
+                detail = f" The proxy said: {text}."
             message = (
                 "ManagedIdentityCredential authentication unavailable: IMDS is unreachable "
                 f"from here.{detail}"
