@@ -58,6 +58,7 @@ class Endpoint:
         self, target: Target, claims: str | None, reason: str, cache_result: str
     ) -> ParsedToken:
         self.calls.append((target, claims, reason, cache_result))
+        await asyncio.sleep(0)  # a request is never answered within the step that sends it
         await self.gate.wait()
         if self.failures:
             self.failures -= 1
