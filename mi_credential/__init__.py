@@ -11,6 +11,7 @@ from ._credential import ManagedIdentityCredential
 from ._environment import SourceConfig, detect_source
 from ._errors import (
     CredentialUnavailableError,
+    IdentityMismatchError,
     InvalidTokenResponseError,
     ManagedIdentityError,
     TokenRequestError,
@@ -24,6 +25,7 @@ logging.getLogger("mi_credential").addHandler(logging.NullHandler())
 __all__ = [
     "CredentialUnavailableError",
     "IdentityKind",
+    "IdentityMismatchError",
     "InvalidTokenResponseError",
     "ManagedIdentityCredential",
     "ManagedIdentityError",

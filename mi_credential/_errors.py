@@ -10,7 +10,10 @@ credential is constructed::
           │                               the identity is not assigned: try another credential
           └── TokenRequestError           the endpoint refused, after any retries
                └── InvalidTokenResponseError
-                                          a success status whose body holds no usable token
+                    │                     a success status whose body holds no usable token
+                    └── IdentityMismatchError
+                                          a token for another identity than the one
+                                          requested: .requested, .returned
 
 Messages say what went wrong, where, and what to check. They never contain a token, a secret
 header, key-file content or a raw response body: the endpoint's own error code and description
@@ -132,3 +135,24 @@ class TokenRequestError(ManagedIdentityError):
 class InvalidTokenResponseError(TokenRequestError):
     """The endpoint answered with a success status but no usable token (malformed JSON, no
     ``access_token``, a missing or unparseable expiry, an already expired token)."""
+
+
+class IdentityMismatchError(InvalidTokenResponseError):
+    """The endpoint answered with a token for another identity than the one requested: the
+    platform ignored the user-assigned identity's selector (and returned, for example, the
+    system-assigned identity's token). The token's ``appid`` (or ``azp``), ``oid`` or
+    ``xms_mirid`` claim is compared with the client ID, object ID or resource ID requested
+    (workload identity: ``appid`` or ``azp`` with the application's client ID); the token is
+    not cached.
+
+    Attributes:
+        requested: The identity requested, as messages name it (``user-assigned identity
+            client_id=<id>``, ``application client_id=<id>``).
+        returned: The identity the token is for, with the same kind of identifier
+            (``client_id=<id>``), scrubbed.
+    """
+
+    def __init__(self, message: str, *, requested: str, returned: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.requested = requested
+        self.returned = returned

@@ -61,6 +61,17 @@ async def test_wrong_identity(emulator: Emulator, clock: FakeClock) -> None:
     assert "Assign the identity" in diagnosis.hint
 
 
+async def test_another_identity_s_token(emulator: Emulator, clock: FakeClock) -> None:
+    emulator.add_fault(Fault.other_identity())
+    diagnosis = await diagnose(
+        emulator.environ(S.IMDS), client_id=emulator.user_identities[0].client_id,
+        clock=clock, sleep=clock.sleep,
+    )
+    assert not diagnosis.healthy
+    assert "answered with a token for another identity" in diagnosis.problem
+    assert "supports selecting user-assigned identities" in diagnosis.hint
+
+
 async def test_throttled(emulator: Emulator, clock: FakeClock) -> None:
     emulator.add_fault(Fault.status_code(429, retry_after=60, times=None))
     diagnosis = await diagnose(emulator.environ(S.APP_SERVICE), clock=clock, sleep=clock.sleep)

@@ -10,8 +10,9 @@ import aiohttp
 import jwt
 import pytest
 
+from mi_credential import IdentityMismatchError
 from mi_credential import ManagedIdentitySource as S
-from mi_credential.emulator import Emulator, Fault
+from mi_credential.emulator import EmulatedIdentity, Emulator, Fault
 
 from .conftest import CredentialFactory, FakeClock, register_emulator
 
@@ -115,6 +116,64 @@ async def test_fault_skip_and_callable_body(emulator: Emulator, make_credential:
     await credential.get_token("https://a/.default")
     await credential.get_token("https://b/.default")  # the skipped fault applies now, then a retry
     assert [r.status for r in emulator.requests] == [200, 500, 200]
+
+
+async def test_managed_identity_tokens_name_the_identity(
+    emulator: Emulator, make_credential: CredentialFactory
+) -> None:
+    uami, system = emulator.user_identities[0], emulator.system_identity
+    for identity, kwargs in ((system, {}), (uami, {"client_id": uami.client_id})):
+        token = await make_credential(S.IMDS, **kwargs).get_token("https://vault.azure.net/.default")
+        claims = emulator.verify(token.token)
+        assert (claims["appid"], claims["oid"], claims["xms_mirid"]) == (
+            identity.client_id, identity.object_id, identity.resource_id
+        )
+    token = await make_credential(S.WORKLOAD_IDENTITY).get_token("https://vault.azure.net/.default")
+    claims = emulator.verify(token.token)
+    assert claims["appid"] == emulator.workload_client_id and "xms_mirid" not in claims
+
+
+def test_other_identity_faults_from_json() -> None:
+    fault = Fault.from_json({"action": "other_identity", "source": "imds"})
+    assert (fault.action, fault.source, fault.identity, fault.times) == (
+        "other_identity", "imds", None, 1
+    )
+    named = {"client_id": "c", "object_id": "o", "resource_id": "/r"}
+    fault = Fault.from_json({"action": "other_identity", "identity": named, "times": 2})
+    assert fault.identity == EmulatedIdentity("c", "o", "/r")
+    assert Fault.other_identity(fault.identity, source="imds", times=2) == Fault(
+        source="imds", action="other_identity", status=200, times=2, identity=fault.identity
+    )
+    with pytest.raises(ValueError, match="identity must be an object"):
+        Fault.from_json({"action": "other_identity", "identity": "c"})
+    with pytest.raises(TypeError):
+        Fault.from_json({"action": "other_identity", "identity": {"client_id": "c"}})
+
+
+async def test_other_identity_faults_over_http(
+    emulator: Emulator, make_credential: CredentialFactory
+) -> None:
+    stranger = EmulatedIdentity.create("stranger")
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            emulator.http_url + "/emulator/faults",
+            json=[{"source": "app_service", "action": "other_identity"},
+                  {"source": "app_service", "action": "other_identity", "identity": vars(stranger)}],
+        ) as response:
+            assert response.status == 201
+        async with session.post(
+            emulator.http_url + "/emulator/faults",
+            json={"action": "other_identity", "identity": {"colour": 1}},
+        ) as response:
+            assert response.status == 400
+    uami = emulator.user_identities[0]
+    credential = make_credential(S.APP_SERVICE, identity_config={"resource_id": uami.resource_id})
+    for returned in (emulator.system_identity, stranger):
+        with pytest.raises(IdentityMismatchError) as caught:
+            await credential.get_token("https://vault.azure.net/.default")
+        assert caught.value.returned == f"resource_id={returned.resource_id}"
+    assert await credential.get_token("https://vault.azure.net/.default")
+    assert [r.status for r in emulator.requests] == [200, 200, 200]
 
 
 # -- waiting on events -------------------------------------------------------------------------

@@ -66,9 +66,11 @@ def test_error_tree() -> None:
         mi_credential.CredentialUnavailableError,
         mi_credential.TokenRequestError,
         mi_credential.InvalidTokenResponseError,
+        mi_credential.IdentityMismatchError,
     ):
         assert issubclass(error, ClientAuthenticationError)
     assert issubclass(mi_credential.InvalidTokenResponseError, mi_credential.TokenRequestError)
+    assert issubclass(mi_credential.IdentityMismatchError, mi_credential.InvalidTokenResponseError)
     assert issubclass(mi_credential.CredentialUnavailableError, mi_credential.ManagedIdentityError)
 
 

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from mi_credential import ManagedIdentityCredential, ManagedIdentityError
+from mi_credential import IdentityMismatchError, ManagedIdentityCredential, ManagedIdentityError
 from mi_credential import ManagedIdentitySource as S
 from mi_credential.emulator import Emulator, Fault
 
@@ -115,6 +115,19 @@ async def test_arc_key_file_content_never_leaks(
     key = second.header("authorization").removeprefix("Basic ")
     assert key in canary_emulator.secrets()  # a key was issued and sent...
     assert_clean(exception_text(error), canary_emulator)  # ...and appears nowhere
+
+
+@pytest.mark.parametrize("source", [S.IMDS, S.APP_SERVICE, S.WORKLOAD_IDENTITY])
+async def test_another_identity_s_token_never_leaks(
+    canary_emulator: Emulator, clock: FakeClock, source: S
+) -> None:
+    canary_emulator.add_fault(Fault.other_identity(times=None))
+    uami = canary_emulator.user_identities[0]
+    kwargs = {} if source is S.WORKLOAD_IDENTITY else {"client_id": uami.client_id}
+    error = await failure(canary_emulator, source, clock, **kwargs)
+    assert isinstance(error, IdentityMismatchError)
+    assert canary_emulator.issued_tokens  # a token came, and appears nowhere
+    assert_clean(exception_text(error), canary_emulator)
 
 
 async def test_federated_token_never_leaks(canary_emulator: Emulator, clock: FakeClock) -> None:

@@ -3,6 +3,7 @@ or typed errors."""
 
 from __future__ import annotations
 
+import base64
 import json
 from urllib.parse import parse_qsl, urlsplit
 
@@ -10,6 +11,7 @@ import pytest
 
 from mi_credential import (
     CredentialUnavailableError,
+    IdentityMismatchError,
     InvalidTokenResponseError,
     ManagedIdentityError,
     TokenRequestError,
@@ -19,7 +21,13 @@ from mi_credential._environment import SourceConfig, build_identity
 from mi_credential._models import FileRead, LocalFile, RawResponse, TokenRequest
 from mi_credential._sources import Target, create_source, scope_to_resource
 from mi_credential._sources._base import build_url
-from mi_credential._sources._parse import parse_epoch, refresh_time
+from mi_credential._sources._parse import (
+    MAX_CLAIMS_SEGMENT,
+    decode_jwt_claims,
+    parse_epoch,
+    refresh_time,
+    token_identifier,
+)
 from mi_credential._sources.workload_identity import merge_cae_claims
 
 NOW = 1_800_000_000
@@ -501,3 +509,185 @@ def test_refresh_time_rules() -> None:
     assert refresh_time(NOW, NOW + 100) == NOW + 50
     assert refresh_time(NOW, NOW + 86400, 60) == NOW + 60
     assert refresh_time(NOW, NOW + 86400, "bad") == NOW + 43200
+
+
+# -- the identity a token is for ------------------------------------------------------------------
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+JWT_HEADER = b64url(b'{"alg":"RS256","typ":"JWT"}')
+
+
+def jwt_of(payload: object, *, raw: bytes | None = None) -> str:
+    """A JWT-shaped token whose payload segment encodes ``payload`` (or ``raw`` bytes)."""
+    body = raw if raw is not None else json.dumps(payload).encode()
+    return f"{JWT_HEADER}.{b64url(body)}.c2ln"
+
+
+CLAIMS_CASES = {
+    "jwt": (jwt_of({"appid": "a", "oid": "o"}), {"appid": "a", "oid": "o"}),
+    "utf-8": (jwt_of({"n": "é"}), {"n": "é"}),
+    "padded payload": ("h.eyJhIjogMX0=.s", {"a": 1}),
+    "opaque": ("opaque-token", None),
+    "two segments": ("a.b", None),
+    "empty": ("", None),
+    "empty segments": ("..", None),
+    "jwe": ("h.p.s.k.t", None),  # encrypted: five segments
+    "four segments": (jwt_of({"appid": "a"}) + ".more", None),
+    "not base64url": ("h.!!!!.s", None),
+    "standard alphabet": ("h.ab+c.s", None),
+    "impossible length": ("h.abcde.s", None),
+    "not utf-8": (jwt_of(None, raw=b"\xff\xfe{}"), None),
+    "not json": (jwt_of(None, raw=b"{not json"), None),
+    "array": (jwt_of([1, 2]), None),
+    "string": (jwt_of("appid"), None),
+    "null": (jwt_of(None), None),
+    "nested arrays": (jwt_of(None, raw=b"[" * 5000 + b"]" * 5000), None),
+    "nested objects": (jwt_of(None, raw=b'{"a":' * 2000 + b"1" + b"}" * 2000), None),
+    "oversized": (jwt_of({"pad": "x" * MAX_CLAIMS_SEGMENT}), None),  # not even decoded
+}
+
+
+@pytest.mark.parametrize(("token", "claims"), list(CLAIMS_CASES.values()), ids=list(CLAIMS_CASES))
+def test_jwt_claims_are_read_safely(token: str, claims: object) -> None:
+    assert decode_jwt_claims(token) == claims
+
+
+def test_a_payload_just_under_the_limit_is_read() -> None:
+    token = jwt_of({"appid": "a", "pad": "x" * (MAX_CLAIMS_SEGMENT * 3 // 4 - 40)})
+    assert len(token.split(".")[1]) <= MAX_CLAIMS_SEGMENT
+    assert token_identifier(token, "client_id") == "a"
+
+
+@pytest.mark.parametrize(
+    ("claims", "kind", "identifier"),
+    [
+        ({"appid": "a", "azp": "z"}, "client_id", "a"),
+        ({"azp": "z"}, "client_id", "z"),
+        ({"appid": "", "azp": "z"}, "client_id", "z"),
+        ({"appid": 5}, "client_id", None),
+        ({"oid": "o", "appid": "a"}, "object_id", "o"),
+        ({"appid": "a"}, "object_id", None),
+        ({"xms_mirid": "/s/r"}, "resource_id", "/s/r"),
+        ({"xms_mirid": ["/s/r"]}, "resource_id", None),
+        ({"appid": "a"}, "system_assigned", None),
+    ],
+)
+def test_token_identifier(claims: dict, kind: str, identifier: str | None) -> None:
+    assert token_identifier(jwt_of(claims), kind) == identifier
+
+
+def token_response(token: str) -> RawResponse:
+    return response(body={"access_token": token, "expires_in": 3600})
+
+
+KIND_ARGS = {
+    "client_id": ({"appid": "CID-1"}, "cid-1", None),
+    "object_id": ({"oid": "OID-1"}, None, {"object_id": "oid-1"}),
+    "resource_id": ({"xms_mirid": "/Subscriptions/S/rg/UAMI"}, None, {"resource_id": "/subscriptions/s/RG/uami"}),
+}
+
+
+@pytest.mark.parametrize("source", [S.IMDS, S.APP_SERVICE, S.AZURE_ML])
+@pytest.mark.parametrize("kind", list(KIND_ARGS))
+def test_a_token_for_the_identity_requested_is_accepted(source: S, kind: str) -> None:
+    claims, client_id, config = KIND_ARGS[kind]  # the same identifiers, in another case
+    token = jwt_of({**claims, "tid": "t"})
+    assert parse(source, token_response(token), client_id, config).token == token
+
+
+@pytest.mark.parametrize("source", [S.IMDS, S.APP_SERVICE, S.AZURE_ML])
+@pytest.mark.parametrize(
+    ("kind", "claims", "client_id", "config", "requested", "returned"),
+    [
+        ("client_id", {"appid": "SYSTEM-APP"}, "cid-1", None,
+         "user-assigned identity client_id=cid-1", "client_id=SYSTEM-APP"),
+        ("client_id", {"azp": "SYSTEM-APP"}, "cid-1", None,
+         "user-assigned identity client_id=cid-1", "client_id=SYSTEM-APP"),
+        ("object_id", {"oid": "SYSTEM-OID", "appid": "cid-1"}, None, {"object_id": "oid-1"},
+         "user-assigned identity object_id=oid-1", "object_id=SYSTEM-OID"),
+        ("resource_id", {"xms_mirid": "/s/vm", "oid": "oid-1"}, None, {"resource_id": "/s/uami"},
+         "user-assigned identity resource_id=/s/uami", "resource_id=/s/vm"),
+        # the selector comes with an identity_config entry unknown to us: still checked
+        ("client_id", {"appid": "SYSTEM-APP"}, "cid-1", {"mi_res_id": "/x"},
+         "user-assigned identity client_id=cid-1", "client_id=SYSTEM-APP"),
+    ],
+)
+def test_a_token_for_another_identity_is_refused(
+    source: S, kind, claims, client_id, config, requested, returned
+) -> None:
+    token = jwt_of({**claims, "tid": "CANARY-TENANT", "upn": "CANARY-UPN"})
+    with pytest.raises(IdentityMismatchError) as caught:
+        parse(source, token_response(token), client_id, config)
+    error = caught.value
+    assert isinstance(error, InvalidTokenResponseError)
+    assert (error.requested, error.returned) == (requested, returned)
+    assert (error.source, error.status_code) == (source, 200)
+    message = str(error)
+    assert message.startswith(f"{source.label} managed identity endpoint answered with a token "
+                              f"for another identity: {requested} was requested, but the token "
+                              f"is for {returned}.")
+    assert "identity is assigned to this resource" in message
+    assert "may not support selecting user-assigned identities" in message
+    for secret in (token, token.split(".")[1], "CANARY-TENANT", "CANARY-UPN"):
+        assert secret not in message and secret not in repr(error)
+
+
+@pytest.mark.parametrize(
+    ("token", "client_id", "config"),
+    [
+        ("opaque-token", "cid-1", None),  # not a JWT: nothing to compare
+        (jwt_of([1]), "cid-1", None),
+        (jwt_of({"oid": "other"}), "cid-1", None),  # no appid or azp
+        (jwt_of({"appid": "other"}), None, {"object_id": "oid-1"}),  # no oid
+        (jwt_of({"appid": "other"}), None, {"resource_id": "/s/uami"}),  # no xms_mirid
+        (jwt_of({"appid": 42}), "cid-1", None),
+        (jwt_of({"appid": "other", "oid": "other"}), None, None),  # system-assigned
+        (jwt_of({"appid": "other", "xms_mirid": "/s/vm"}), None, {"mi_res_id": "/s/uami"}),  # unknown keys only
+    ],
+)
+def test_tokens_that_cannot_be_compared_are_accepted(token, client_id, config) -> None:
+    assert parse(S.IMDS, token_response(token), client_id, config).token == token
+
+
+def test_the_returned_identifier_is_scrubbed() -> None:
+    hostile = "evil\r\nFAKE LOG LINE " + "x" * 500
+    with pytest.raises(IdentityMismatchError) as caught:
+        parse(S.IMDS, token_response(jwt_of({"appid": hostile})), client_id="cid-1")
+    returned = caught.value.returned
+    assert returned.startswith("client_id=evil FAKE LOG LINE xxx") and returned.endswith("...")
+    assert "\n" not in str(caught.value) and len(returned) <= len("client_id=") + 200
+    nested = jwt_of({"appid": "a"})
+    with pytest.raises(IdentityMismatchError) as caught:
+        parse(S.IMDS, token_response(jwt_of({"appid": f"id {nested}"})), client_id="cid-1")
+    assert caught.value.returned == "client_id=id ****"
+
+
+def test_arc_checks_its_echo_first_then_the_token() -> None:
+    token = jwt_of({"appid": "system-app"})
+    echoed = {"access_token": token, "expires_in": 3600, "client_id": "cid-1"}
+    with pytest.raises(IdentityMismatchError, match="client_id=system-app"):
+        parse(S.AZURE_ARC, response(body=echoed), client_id="cid-1")
+    not_echoed = {**echoed, "client_id": "system-app"}
+    with pytest.raises(ManagedIdentityError, match="did not confirm") as caught:
+        parse(S.AZURE_ARC, response(body=not_echoed), client_id="cid-1")
+    assert not isinstance(caught.value, IdentityMismatchError)
+    ok = jwt_of({"appid": "CID-1"})
+    assert parse(S.AZURE_ARC, response(body={**echoed, "access_token": ok}), client_id="cid-1").token == ok
+
+
+def test_workload_identity_checks_the_application() -> None:
+    v2 = jwt_of({"azp": "APP", "oid": "sp"})
+    assert parse(S.WORKLOAD_IDENTITY, token_response(v2)).token == v2  # the configured client ID
+    assert parse(S.WORKLOAD_IDENTITY, token_response("opaque")).token == "opaque"
+    with pytest.raises(IdentityMismatchError) as caught:
+        parse(S.WORKLOAD_IDENTITY, token_response(jwt_of({"appid": "other-app"})))
+    error = caught.value
+    assert (error.requested, error.returned) == ("application client_id=app", "client_id=other-app")
+    assert str(error).startswith("Microsoft Entra ID answered with a token for another identity")
+    assert "AZURE_AUTHORITY_HOST" in str(error)
+    explicit = jwt_of({"appid": "explicit"})
+    assert parse(S.WORKLOAD_IDENTITY, token_response(explicit), client_id="explicit").token == explicit

@@ -14,6 +14,7 @@ from .._credential import ManagedIdentityCredential
 from .._environment import detect_source
 from .._errors import (
     CredentialUnavailableError,
+    IdentityMismatchError,
     InvalidTokenResponseError,
     ManagedIdentityError,
 )
@@ -152,6 +153,12 @@ async def diagnose(
 
 def _hint(error: ManagedIdentityError, source: ManagedIdentitySource) -> str:
     status = error.status_code
+    if isinstance(error, IdentityMismatchError):
+        return (
+            "The platform answered with another identity's token: check that the identity asked "
+            "for (--client-id) is assigned to this resource and that the platform supports "
+            "selecting user-assigned identities."
+        )
     if isinstance(error, InvalidTokenResponseError):
         return (
             "The endpoint answered but not with a token: a proxy may be intercepting the "

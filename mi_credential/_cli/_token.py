@@ -3,31 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
-import json
 import sys
 import time
-from typing import Any
 
 from .._credential import ManagedIdentityCredential
 from .._errors import ManagedIdentityError
+from .._sources._parse import decode_jwt_claims as decode_claims
 
 #: Claims worth showing: who issued the token, to whom, for what, until when. Not secret.
 SHOWN_CLAIMS = ("aud", "iss", "tid", "oid", "appid", "exp")
-
-
-def decode_claims(token: str) -> dict[str, Any] | None:
-    """The payload of a JWT, unverified (for display only), or ``None`` if it is not one."""
-    parts = token.split(".")
-    if len(parts) != 3:
-        return None
-    payload = parts[1] + "=" * (-len(parts[1]) % 4)
-    try:
-        claims = json.loads(base64.urlsafe_b64decode(payload))
-    except (binascii.Error, ValueError):
-        return None
-    return claims if isinstance(claims, dict) else None
 
 
 async def run(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 from .._environment import SourceConfig
 from .._errors import (
     CredentialUnavailableError,
+    IdentityMismatchError,
     InvalidTokenResponseError,
     ManagedIdentityError,
     TokenRequestError,
@@ -28,7 +29,14 @@ from .._models import (
     TokenRequest,
 )
 from .._retry import DEFAULT_RETRY_POLICY, RetryPolicy
-from ._parse import decode_json_object, describe_error, parse_epoch, refresh_time, to_number
+from ._parse import (
+    decode_json_object,
+    describe_error,
+    parse_epoch,
+    refresh_time,
+    to_number,
+    token_identifier,
+)
 
 _DEFAULT_SUFFIX = "/.default"
 
@@ -218,6 +226,7 @@ class TokenSource:
 
         Raises:
             InvalidTokenResponseError: The body holds no usable token.
+            IdentityMismatchError: The token is for another identity than the one requested.
         """
         if response.truncated:
             raise self._invalid(response, "its body is larger than any token response")
@@ -233,6 +242,7 @@ class TokenSource:
         if expires_on <= request_time:
             raise self._invalid(response, "the token it holds has already expired")
         self.check_payload(payload, response)
+        self.check_identity(token, response)
         token_type = payload.get("token_type")
         return ParsedToken(
             token=token,
@@ -251,6 +261,48 @@ class TokenSource:
 
     def check_payload(self, payload: Mapping[str, Any], response: RawResponse) -> None:
         """Source-specific checks of a token payload (Azure Arc's identity echo)."""
+
+    mismatch_hint: ClassVar[str] = (
+        "The platform ignored the identity selector: check that the identity is assigned to "
+        "this resource; the platform may not support selecting user-assigned identities."
+    )
+    """What to say when a token is for another identity than the one requested."""
+
+    def checked_identity(self) -> tuple[IdentityKind, str] | None:
+        """The identifier a token must name: the user-assigned identity's. ``None`` (nothing to
+        check) for the system-assigned identity, and for one named by unknown entries of
+        ``identity_config`` only."""
+        identity = self.identity
+        if identity.kind is IdentityKind.SYSTEM_ASSIGNED or identity.value is None:
+            return None
+        return identity.kind, identity.value
+
+    def check_identity(self, token: str, response: RawResponse) -> None:
+        """Refuse a token issued to another identity than the one requested: a platform that
+        ignores the identity selector answers with its default identity's token. A token that
+        is not a JWT, or lacks the claim, is accepted.
+
+        Raises:
+            IdentityMismatchError: The token's claim names another identifier.
+        """
+        checked = self.checked_identity()
+        if checked is None:
+            return
+        kind, value = checked
+        found = token_identifier(token, kind)
+        if found is None or found.lower() == value.lower():
+            return
+        requested = self.describe_identity()
+        returned = f"{kind.value}={scrub(found, limit=200)}"
+        raise IdentityMismatchError(
+            f"{self.endpoint_name} answered with a token for another identity: {requested} was "
+            f"requested, but the token is for {returned}. {self.mismatch_hint}",
+            requested=requested,
+            returned=returned,
+            source=self.kind,
+            status_code=response.status,
+            reason=response.reason,
+        )
 
     def _invalid(self, response: RawResponse, why: str) -> InvalidTokenResponseError:
         content_type = response.header("content-type") or "none"

@@ -94,3 +94,54 @@ def describe_error(response: RawResponse, secrets: Sequence[str]) -> tuple[str |
     code_text = scrub(str(code), secrets, limit=80) if code else None
     description_text = scrub(str(description), secrets) if description else None
     return code_text or None, description_text or None
+
+
+MAX_CLAIMS_SEGMENT = 16 * 1024
+"""The longest JWT payload segment that is decoded, in characters: access tokens are a few KB."""
+
+_BASE64URL_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def decode_jwt_claims(token: str) -> dict[str, Any] | None:
+    """The claims of a JWT access token (its payload segment: base64url-encoded JSON), without
+    checking the signature. ``None``, never an exception, for anything else: an opaque or
+    encrypted token, a payload segment over :data:`MAX_CLAIMS_SEGMENT` characters, bad base64
+    or UTF-8, JSON that is not an object or is nested too deeply to decode."""
+    import base64
+
+    parts = token.split(".", 3)
+    if len(parts) != 3:
+        return None
+    segment = parts[1].rstrip("=")
+    if not segment or len(segment) > MAX_CLAIMS_SEGMENT or segment.strip(_BASE64URL_ALPHABET):
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        value = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError):  # binascii.Error and UnicodeDecodeError included
+        return None
+    return value if isinstance(value, dict) else None
+
+
+#: The claims naming the identity a token was issued to, per kind of identifier (an
+#: ``IdentityKind`` value), in order of preference: v1 tokens carry ``appid``, v2 tokens ``azp``.
+_IDENTITY_CLAIMS = {
+    "client_id": ("appid", "azp"),
+    "object_id": ("oid",),
+    "resource_id": ("xms_mirid",),
+}
+
+
+def token_identifier(token: str, kind: str) -> str | None:
+    """The identifier of ``kind`` (``client_id``, ``object_id`` or ``resource_id``) that the
+    claims of a JWT access token name: ``appid`` (else ``azp``), ``oid`` or ``xms_mirid``.
+    ``None`` if the token is not a JWT (:func:`decode_jwt_claims`) or the claim is missing or
+    not a non-empty string."""
+    claims = decode_jwt_claims(token)
+    if claims is None:
+        return None
+    for name in _IDENTITY_CLAIMS.get(kind, ()):
+        value = claims.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return None

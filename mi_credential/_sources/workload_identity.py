@@ -26,6 +26,10 @@ from ._base import Flow, Target, TokenSource, read, send
 
 class WorkloadIdentitySource(TokenSource):
     kind = ManagedIdentitySource.WORKLOAD_IDENTITY
+    mismatch_hint = (
+        "Microsoft Entra ID issues tokens to the application that asks: check the authority "
+        "host (AZURE_AUTHORITY_HOST) and any proxy in between."
+    )
 
     def __init__(
         self,
@@ -126,6 +130,10 @@ class WorkloadIdentitySource(TokenSource):
 
     def describe_identity(self) -> str:
         return f"application client_id={self.client_id}"
+
+    def checked_identity(self) -> tuple[IdentityKind, str] | None:
+        """The application: its token's ``appid`` (or ``azp``) is its client ID."""
+        return IdentityKind.CLIENT_ID, self.client_id
 
     @property
     def endpoint_name(self) -> str:

@@ -1,6 +1,7 @@
 """How the emulator serves one token request, whatever the source: record it, hold it while the
 gate is closed, add the configured latency, act out a scripted fault or let the source's endpoint
-answer, then record the status and write the response."""
+answer (for another identity, under an ``other_identity`` fault), then record the status and
+write the response."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from aiohttp import web
 
 from .._models import ManagedIdentitySource
 from ._faults import RecordedRequest, misbehave, take_fault
-from ._handlers import Reject
+from ._handlers import Reject, serving_as
+from ._identities import EmulatedIdentity
 from ._recording import Gate, RequestLog
 
 if TYPE_CHECKING:
@@ -78,13 +80,19 @@ class Dispatcher:
         if emulator.latency:
             await asyncio.sleep(emulator.latency)
         fault = take_fault(emulator.faults, source.value)
+        served_as = None
         if fault is not None:
             if fault.delay:
                 await asyncio.sleep(fault.delay)
-            if not fault.passes_through:
+            if fault.action == "other_identity":
+                served_as = (
+                    fault.identity or emulator.system_identity or EmulatedIdentity.create("other")
+                )
+            elif not fault.passes_through:
                 return await misbehave(fault, request, record, self._closing)
         try:
-            body = await handler(request, record)
+            with serving_as(served_as):
+                body = await handler(request, record)
         except Reject as reject:
             return web.json_response(reject.body, status=reject.status, headers=reject.headers)
         emulator.issued_tokens.append(body["access_token"])

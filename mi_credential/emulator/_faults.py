@@ -6,11 +6,14 @@ import asyncio
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from aiohttp import web
 
-Action = Literal["respond", "drop", "reset", "hang"]
+from ._identities import EmulatedIdentity
+
+Action = Literal["respond", "drop", "reset", "hang", "other_identity"]
+_ACTIONS = get_args(Action)
 
 
 @dataclass
@@ -21,7 +24,10 @@ class Fault:
         source: The source it applies to (``"imds"``, ``"app_service"``, ... as in
             :class:`~mi_credential.ManagedIdentitySource`), or ``None`` for every source.
         action: ``respond`` with ``status``/``headers``/``body``; ``drop`` the connection without
-            answering; ``reset`` the connection after half a body; ``hang`` (never answer).
+            answering; ``reset`` the connection after half a body; ``hang`` (never answer);
+            ``other_identity``: answer as usual (a well-formed token response, correctly signed)
+            but for ``identity``, whatever identity the request names, as a platform that
+            ignores the identity selector does.
         status: Status of the response.
         headers: Headers of the response.
         body: Body of the response: bytes, text, a JSON-serialisable value, or a callable that
@@ -30,6 +36,9 @@ class Fault:
         delay: Seconds to wait before acting (real time: for read timeouts).
         times: How many requests it applies to; ``None`` for all of them.
         skip: How many matching requests to let through before it applies.
+        identity: For ``other_identity``: the identity answered for; by default the
+            system-assigned identity (a fresh identity if there is none). Over the admin API,
+            an object with ``client_id``, ``object_id`` and ``resource_id``.
     """
 
     source: str | None = None
@@ -41,6 +50,7 @@ class Fault:
     delay: float = 0.0
     times: int | None = 1
     skip: int = 0
+    identity: EmulatedIdentity | None = None
 
     @classmethod
     def status_code(
@@ -90,6 +100,20 @@ class Fault:
         return cls(source=source, status=status, body=body, content_type=content_type, times=times)
 
     @classmethod
+    def other_identity(
+        cls,
+        identity: EmulatedIdentity | None = None,
+        *,
+        source: str | None = None,
+        times: int | None = 1,
+    ) -> Fault:
+        """A token for another identity than the one requested: ``identity``, by default the
+        system-assigned identity (a fresh identity if there is none)."""
+        return cls(
+            source=source, action="other_identity", status=200, identity=identity, times=times
+        )
+
+    @classmethod
     def drop(cls, *, source: str | None = None, times: int | None = 1) -> Fault:
         """Close the connection without answering."""
         return cls(source=source, action="drop", times=times)
@@ -136,12 +160,19 @@ class Fault:
             "content_type",
             "delay",
             "times",
+            "identity",
         }
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown fault fields: {', '.join(sorted(unknown))}")
-        fault = cls(**data)
-        if fault.action not in ("respond", "drop", "reset", "hang"):
+        fields = dict(data)
+        identity = fields.pop("identity", None)
+        if identity is not None:
+            if not isinstance(identity, Mapping):
+                raise ValueError("identity must be an object")
+            fields["identity"] = EmulatedIdentity(**identity)
+        fault = cls(**fields)
+        if fault.action not in _ACTIONS:
             raise ValueError(f"unknown action {fault.action!r}")
         return fault
 

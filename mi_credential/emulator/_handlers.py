@@ -3,10 +3,12 @@ it requires of a request, how it refuses one, and the JSON it answers with."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +50,20 @@ class Reject(Exception):
 
 
 ErrorFactory = Callable[[str], Reject]
+
+_served_as: ContextVar[EmulatedIdentity | None] = ContextVar("served_as", default=None)
+
+
+@contextlib.contextmanager
+def serving_as(identity: EmulatedIdentity | None) -> Iterator[None]:
+    """Within the block (the serving of one request), the endpoints answer for ``identity``
+    whatever identity the request names, as a platform that ignores the identity selector does;
+    ``None``: for the identity named."""
+    reset = _served_as.set(identity)
+    try:
+        yield
+    finally:
+        _served_as.reset(reset)
 
 
 def _invalid_request(description: str) -> Reject:
@@ -103,7 +119,7 @@ class Endpoints:
         self, resource: str, identity: EmulatedIdentity, *, app: bool = False
     ) -> dict[str, Any]:
         """The claims of an access token for ``identity``; ``app``: an application's (workload
-        identity), which carries no managed identity resource ID."""
+        identity), which carries no managed identity resource ID (``xms_mirid``)."""
         emulator = self._emulator
         now = int(emulator.clock())
         claims: dict[str, Any] = {
@@ -119,7 +135,7 @@ class Endpoints:
             "idtyp": "app",
             "ver": "1.0",
         }
-        if not app and identity is not emulator.system_identity:
+        if not app:
             claims["xms_mirid"] = identity.resource_id
         return claims
 
@@ -144,6 +160,9 @@ class Endpoints:
         """The identity the request's selector names (none: system-assigned)."""
         if len(selectors) > 1:
             raise error("Only one of client_id, object_id or resource ID may be specified.")
+        served_as = _served_as.get()
+        if served_as is not None:
+            return served_as
         system = self._emulator.system_identity
         if not selectors:
             if system is None:
@@ -245,7 +264,7 @@ class Endpoints:
     async def cloud_shell(self, request: web.Request, record: RecordedRequest) -> dict[str, Any]:
         _require_metadata(request)
         resource = _require_resource(record.form_field("resource"), _invalid_request)
-        system = self._emulator.system_identity
+        system = _served_as.get() or self._emulator.system_identity
         if system is None:
             raise _invalid_request("Identity not found")
         token = self.token(resource, system)
@@ -269,7 +288,7 @@ class Endpoints:
         resource = _require_resource(
             request.query.get("resource"), lambda d: error("ArgumentNullOrEmpty", d)
         )
-        system = self._emulator.system_identity
+        system = _served_as.get() or self._emulator.system_identity
         if system is None:
             raise error("ManagedIdentityNotFound", "Managed identity not found.", 404)
         token = self.token(resource, system)
@@ -338,7 +357,9 @@ class Endpoints:
                 "identifier (application ID URI).",
             )
         resource = scopes[0][: -len("/.default")]
-        identity = EmulatedIdentity(client_id, str(uuid.uuid5(uuid.NAMESPACE_URL, client_id)), "")
+        identity = _served_as.get() or EmulatedIdentity(
+            client_id, str(uuid.uuid5(uuid.NAMESPACE_URL, client_id)), ""
+        )
         body: dict[str, Any] = {
             "token_type": "Bearer",
             "expires_in": emulator.token_lifetime,

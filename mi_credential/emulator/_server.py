@@ -48,7 +48,8 @@ class Emulator:
     certificate, ``ca_file``) serves Service Fabric and Microsoft Entra ID's token endpoint for
     workload identity. Tokens are RS256 JWTs (``aud`` = resource, ``iss``
     ``https://sts.windows.net/<tenant>/``, ``tid``, ``oid``, ``appid``, ``iat``, ``nbf``,
-    ``exp``), signed with a key published at ``/emulator/jwks``.
+    ``exp``, and for managed identities ``xms_mirid``, the identity's resource ID), signed with
+    a key published at ``/emulator/jwks``.
 
     Every token request is recorded in :attr:`requests` as it arrives. Tests wait for requests
     and responses with :meth:`wait_for_requests` and :meth:`wait_for_responses`, and keep
