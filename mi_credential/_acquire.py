@@ -16,10 +16,17 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from ._contact import contact_for
 from ._errors import ManagedIdentityError
 from ._files import read_local_file
 from ._models import FileRead, ParsedToken, RawResponse, TokenRequest
-from ._retry import AttemptOutcome, RetryState, next_delay, parse_retry_after
+from ._retry import (
+    FIRST_CONTACT_CONNECT_TIMEOUT,
+    AttemptOutcome,
+    RetryState,
+    next_delay,
+    parse_retry_after,
+)
 from ._sources import Target, TokenSource
 from ._transport import Transport, TransportError
 from ._version import __version__
@@ -128,8 +135,15 @@ class Acquirer:
         self, transport: Transport, target: Target, claims: str | None, record: Acquisition
     ) -> ParsedToken:
         source = self._source
+        policy = source.retry_policy
         start = self._monotonic()
         deadline = start + self._timeout
+        contact = None
+        if policy.first_contact:  # a verdict on first contact, remembered for a while
+            contact = contact_for(source.config.endpoint, self._monotonic)
+            remembered = contact.remembered(start)
+            if remembered is not None:
+                raise remembered
         state = RetryState()
         # The same request id on every attempt of one acquisition.
         headers = (("User-Agent", self._user_agent), ("x-ms-client-request-id", str(uuid.uuid4())))
@@ -137,48 +151,60 @@ class Acquirer:
             state.attempts += 1
             record.attempts = state.attempts
             request_time = self._now()
+            first_contact = contact is not None and not contact.answered
             request, response = await self._exchange(
-                transport, target, claims, deadline, state.attempts - 1, record, headers
+                transport,
+                target,
+                claims,
+                deadline,
+                FIRST_CONTACT_CONNECT_TIMEOUT if first_contact else None,
+                state.attempts - 1,
+                record,
+                headers,
             )
             if isinstance(response, TransportError):
-                if not response.retryable:
-                    raise source.unreachable_error(
-                        request,
-                        response.description,
-                        attempts=state.attempts,
-                        elapsed=self._monotonic() - start,
-                    ) from response
-                outcome = AttemptOutcome(error=True)
-            elif 200 <= response.status < 300:
-                try:
-                    return source.parse_response(response, request, request_time)
-                except ManagedIdentityError as exc:
-                    exc.attempts = state.attempts
-                    exc.elapsed = self._monotonic() - start
-                    raise
+                outcome = AttemptOutcome(
+                    error=True, connect=response.connect, timed_out=response.timed_out
+                )
             else:
+                if contact is not None:
+                    contact.answer()  # any status: the endpoint exists
+                if 200 <= response.status < 300:
+                    try:
+                        return source.parse_response(response, request, request_time)
+                    except ManagedIdentityError as exc:
+                        exc.attempts = state.attempts
+                        exc.elapsed = self._monotonic() - start
+                        raise
                 outcome = AttemptOutcome(
                     status=response.status,
                     retry_after=parse_retry_after(response.headers, self._now()),
                 )
             elapsed = self._monotonic() - start
-            delay = next_delay(
-                source.retry_policy,
-                state,
-                outcome,
-                elapsed=elapsed,
-                remaining=deadline - self._monotonic(),
-                random=self._random,
-            )
-            if delay is None:
-                if isinstance(response, TransportError):
-                    raise source.unreachable_error(
-                        request, response.description, attempts=state.attempts, elapsed=elapsed
-                    ) from response
+            delay = None
+            if not isinstance(response, TransportError) or response.retryable:
+                delay = next_delay(
+                    policy,
+                    state,
+                    outcome,
+                    elapsed=elapsed,
+                    remaining=deadline - self._monotonic(),
+                    random=self._random,
+                    first_contact=first_contact,
+                )
+            if delay is not None:
+                await self._sleep(delay)
+                continue
+            if not isinstance(response, TransportError):
                 raise source.error_from_response(
                     response, request, attempts=state.attempts, elapsed=elapsed
                 )
-            await self._sleep(delay)
+            error = source.unreachable_error(
+                request, response.description, attempts=state.attempts, elapsed=elapsed
+            )
+            if first_contact and response.connect and contact is not None:
+                error = contact.unavailable(error, self._monotonic())
+            raise error from response
 
     async def _exchange(
         self,
@@ -186,6 +212,7 @@ class Acquirer:
         target: Target,
         claims: str | None,
         deadline: float,
+        connect_timeout: float | None,
         resend_count: int,
         record: Acquisition,
         headers: tuple[tuple[str, str], ...],
@@ -203,7 +230,9 @@ class Acquirer:
                     continue
                 request = step.with_headers(*headers)
                 try:
-                    reply = await self._send(transport, request, deadline, resend_count, record)
+                    reply = await self._send(
+                        transport, request, deadline, connect_timeout, resend_count, record
+                    )
                 except TransportError as exc:
                     return request, exc
         except StopIteration as stop:
@@ -217,6 +246,7 @@ class Acquirer:
         transport: Transport,
         request: TokenRequest,
         deadline: float,
+        connect_timeout: float | None,
         resend_count: int,
         record: Acquisition,
     ) -> RawResponse:
@@ -226,7 +256,9 @@ class Acquirer:
         recorder = self.recorder
         attempt = recorder.start_attempt(record, request.method, request.url, resend_count)
         try:
-            response = await transport.send(request, timeout=remaining)
+            response = await transport.send(
+                request, timeout=remaining, connect_timeout=connect_timeout
+            )
         except TransportError as exc:
             cause = exc.__cause__
             error_type = type(cause).__name__ if cause else "timeout"

@@ -35,6 +35,10 @@ class RetryPolicy(NamedTuple):
         gone_backoff_factor: Back-off base after a 410, if 410 is special (IMDS).
         gone_min_duration: After a first 410, keep retrying at least this long (IMDS: 70 s).
         jitter: Each wait is multiplied by a random factor in ``[1 - jitter, 1 + jitter]``.
+        first_contact: Until the endpoint has answered this process at all, a failure to
+            connect is a verdict, not a transient error: one quick retry of a refused
+            connection, none of a connect timeout (IMDS: the source chosen when nothing names
+            another, so the one a laptop or CI machine asks).
     """
 
     retry_statuses: frozenset[int]
@@ -45,6 +49,7 @@ class RetryPolicy(NamedTuple):
     gone_backoff_factor: float | None = None
     gone_min_duration: float = 0.0
     jitter: float = 0.2
+    first_contact: bool = False
 
 
 IMDS_RETRY_POLICY = RetryPolicy(
@@ -53,6 +58,7 @@ IMDS_RETRY_POLICY = RetryPolicy(
     backoff_max=60.0,
     gone_backoff_factor=2.5,
     gone_min_duration=70.0,
+    first_contact=True,
 )
 """IMDS: 404 and 410 are transient there; 410 gets a slower back-off and at least 70 s."""
 
@@ -74,6 +80,9 @@ class AttemptOutcome(NamedTuple):
     status: int | None = None
     retry_after: float | None = None
     error: bool = False
+    connect: bool = False
+    """The connection was never established (refused, unreachable, connect timeout)."""
+    timed_out: bool = False
 
 
 class RetryState:
@@ -89,6 +98,13 @@ class RetryState:
         """Seconds since the acquisition started when the first 410 arrived."""
 
 
+#: First contact: the connect timeout of each attempt (a link-local or loopback endpoint
+#: connects in milliseconds), the attempts while connections are refused, and the wait between.
+FIRST_CONTACT_CONNECT_TIMEOUT = 1.0
+FIRST_CONTACT_ATTEMPTS = 2
+FIRST_CONTACT_BACKOFF = 0.2
+
+
 def next_delay(
     policy: RetryPolicy,
     state: RetryState,
@@ -97,6 +113,7 @@ def next_delay(
     elapsed: float,
     remaining: float,
     random: Callable[[], float],
+    first_contact: bool = False,
 ) -> float | None:
     """Decide whether to retry after ``outcome``; updates ``state``.
 
@@ -107,11 +124,19 @@ def next_delay(
         elapsed: Seconds since the acquisition started.
         remaining: Seconds left before the acquisition's deadline.
         random: A source of floats in ``[0, 1)`` for the jitter.
+        first_contact: The endpoint has never answered this process (see
+            :attr:`RetryPolicy.first_contact`).
 
     Returns:
         The seconds to wait before the next attempt, or ``None`` if no retry should be made
         (not retryable, attempts exhausted, or the wait would not end before the deadline).
     """
+    if outcome.error and outcome.connect and first_contact and policy.first_contact:
+        state.error_attempts += 1
+        if outcome.timed_out or state.error_attempts >= FIRST_CONTACT_ATTEMPTS:
+            return None
+        delay = FIRST_CONTACT_BACKOFF * (1 - policy.jitter + 2 * policy.jitter * random())
+        return delay if delay < remaining else None
     if outcome.error:
         state.error_attempts += 1
         if state.error_attempts >= policy.max_error_attempts:

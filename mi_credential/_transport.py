@@ -36,12 +36,19 @@ class TransportError(Exception):
     Attributes:
         description: What happened, safe to show (no secrets).
         retryable: Whether another attempt may succeed.
+        connect: The connection was never established (refused, unreachable, timed out): the
+            endpoint may not exist at all.
+        timed_out: The failure was a timeout.
     """
 
-    def __init__(self, description: str, *, retryable: bool) -> None:
+    def __init__(
+        self, description: str, *, retryable: bool, connect: bool = False, timed_out: bool = False
+    ) -> None:
         super().__init__(description)
         self.description = description
         self.retryable = retryable
+        self.connect = connect
+        self.timed_out = timed_out
 
 
 @functools.lru_cache(maxsize=1)
@@ -223,12 +230,16 @@ class Transport:
             )
         return self._ssl
 
-    async def send(self, request: TokenRequest, *, timeout: float) -> RawResponse:
+    async def send(
+        self, request: TokenRequest, *, timeout: float, connect_timeout: float | None = None
+    ) -> RawResponse:
         """Send ``request``, read at most :data:`MAX_RESPONSE_BYTES` of the body.
 
         Args:
             request: What to send.
             timeout: Seconds this attempt may take in all (the rest of the deadline).
+            connect_timeout: Seconds to establish the connection, if shorter than the
+                transport's own.
 
         Raises:
             TransportError: No usable response.
@@ -253,9 +264,11 @@ class Transport:
                     bytes.fromhex(request.tls_thumbprint)
                 )
             ssl_option = pin
+        if connect_timeout is None or connect_timeout > self._connect_timeout:
+            connect_timeout = self._connect_timeout
         client_timeout = aiohttp.ClientTimeout(
             total=max(timeout, 0.001),
-            sock_connect=self._connect_timeout,
+            sock_connect=connect_timeout,
             sock_read=self._read_timeout,
         )
         try:
@@ -290,9 +303,15 @@ class Transport:
         except aiohttp.ClientSSLError as exc:
             raise TransportError(f"TLS failed: {_reason(exc)}", retryable=False) from exc
         except aiohttp.ClientConnectorError as exc:
-            raise TransportError(f"connection failed: {_reason(exc)}", retryable=True) from exc
+            raise TransportError(
+                f"connection failed: {_reason(exc)}", retryable=True, connect=True
+            ) from exc
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise TransportError(
+                "timed out connecting", retryable=True, connect=True, timed_out=True
+            ) from exc
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise TransportError("timed out", retryable=True) from exc
+            raise TransportError("timed out", retryable=True, timed_out=True) from exc
         except aiohttp.ServerDisconnectedError as exc:
             raise TransportError(
                 "the server closed the connection without answering", retryable=True

@@ -35,6 +35,8 @@ def test_quick_run_prints_the_table_and_writes_every_figure(tmp_path: Path) -> N
         "import (fresh interpreter, asyncio loaded)",
         "aiohttp client middleware",
         "azure-core policy: per-request overhead, no-I/O transport",
+        "chain fall-through without managed identity: nothing listens",
+        "chain fall-through without managed identity: connects hang",
     ):
         assert expected in groups
     assert any(group.startswith("ASGI middleware") for group in groups)
