@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import stat
+import time
+from typing import NamedTuple
 
 from . import _constants
 from ._errors import CredentialUnavailableError, ManagedIdentityError
@@ -21,7 +23,7 @@ def read_local_file(step: FileRead) -> str:
     """
     if step.kind is LocalFile.ARC_KEY:
         return read_arc_key(step.path, step.directory)
-    return read_federated_token(step.path)
+    return read_federated_token(step.path, fresh=step.fresh)
 
 
 def read_arc_key(path: str, directory: str | None) -> str:
@@ -77,25 +79,74 @@ def _key_error(path: str, reason: str) -> ManagedIdentityError:
     )
 
 
-def read_federated_token(path: str) -> str:
-    """Read the workload identity federated token file (the kubelet rotates it: read per use).
+class _Cached(NamedTuple):
+    """The federated token file as last read: its stat, when it was read, its text."""
+
+    mtime_ns: int
+    size: int
+    inode: int
+    read_ns: int
+    text: str
+
+
+_RACY_NS = 2_000_000_000
+"""A file modified this close (in nanoseconds) to the moment it was read may have been written
+again within the file system's timestamp granularity without its stat changing: it is re-read
+until it is older than that."""
+
+_federated: dict[str, _Cached] = {}
+"""Per path, the federated token file as last read. Each entry is replaced whole (an atomic
+store), so event loops on several threads share it safely: at worst two of them read the file."""
+
+
+def read_federated_token(path: str, *, fresh: bool = False) -> str:
+    """The workload identity federated token (the kubelet rotates the file): the text last read
+    while the file's modification time, size and inode are unchanged, else the file read anew.
+
+    Args:
+        path: The file (``AZURE_FEDERATED_TOKEN_FILE``).
+        fresh: Read the file whatever its stat says.
 
     Raises:
         CredentialUnavailableError: The file cannot be read or is empty.
     """
     try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise _token_file_error(path, exc) from None
+    cached = _federated.get(path)
+    if (
+        not fresh
+        and cached is not None
+        and (cached.mtime_ns, cached.size, cached.inode)
+        == (info.st_mtime_ns, info.st_size, info.st_ino)
+        and cached.read_ns - cached.mtime_ns >= _RACY_NS
+    ):
+        return cached.text
+    read_ns = time.time_ns()
+    text = _read_federated_token(path)
+    _federated[path] = _Cached(info.st_mtime_ns, info.st_size, info.st_ino, read_ns, text)
+    return text
+
+
+def _read_federated_token(path: str) -> str:
+    try:
         with open(path, encoding="utf-8") as handle:
             token = handle.read(64 * 1024).strip()
     except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-        raise CredentialUnavailableError(
-            f"The workload identity federated token file {path!r} cannot be read: {reason}. "
-            "Check AZURE_FEDERATED_TOKEN_FILE and the service account token volume.",
-            source=ManagedIdentitySource.WORKLOAD_IDENTITY,
-        ) from None
+        raise _token_file_error(path, exc) from None
     if not token:
         raise CredentialUnavailableError(
             f"The workload identity federated token file {path!r} is empty.",
             source=ManagedIdentitySource.WORKLOAD_IDENTITY,
         )
     return token
+
+
+def _token_file_error(path: str, exc: OSError | UnicodeDecodeError) -> CredentialUnavailableError:
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+    return CredentialUnavailableError(
+        f"The workload identity federated token file {path!r} cannot be read: {reason}. "
+        "Check AZURE_FEDERATED_TOKEN_FILE and the service account token volume.",
+        source=ManagedIdentitySource.WORKLOAD_IDENTITY,
+    )

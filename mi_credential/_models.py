@@ -176,6 +176,8 @@ class FileRead(NamedTuple):
     path: str
     directory: str | None = None
     """Azure Arc: the directory the file must lie directly in."""
+    fresh: bool = False
+    """Workload identity: read the file even if it looks unchanged since it was last read."""
 
 
 class ParsedToken(NamedTuple):

@@ -22,6 +22,10 @@ from .._models import (
     TokenRequest,
 )
 from ._base import Flow, Target, TokenSource, read, send
+from ._parse import decode_json_object
+
+EXPIRED_ASSERTION = "AADSTS700024"
+"""Entra ID's error for a client assertion that is not within its valid time range."""
 
 
 class WorkloadIdentitySource(TokenSource):
@@ -73,10 +77,19 @@ class WorkloadIdentitySource(TokenSource):
         return claims or None
 
     def flow(self, target: Target, claims: str | None) -> Flow:
-        """Read the federated token (per attempt: the kubelet rotates the file), exchange it."""
-        assert self.config.token_file is not None
-        assertion = yield from read(FileRead(LocalFile.FEDERATED_TOKEN, self.config.token_file))
-        return (yield from send(self.build_request(target, claims=claims, assertion=assertion)))
+        """Read the federated token (re-read when the file changed: the kubelet rotates it),
+        exchange it. Entra ID refusing it as expired (``AADSTS700024``) has the file read again,
+        whatever its stat; a new token there is exchanged once more, else the refusal stands."""
+        path = self.config.token_file
+        assert path is not None
+        assertion = yield from read(FileRead(LocalFile.FEDERATED_TOKEN, path))
+        response = yield from send(self.build_request(target, claims=claims, assertion=assertion))
+        if not assertion_expired(response):
+            return response
+        renewed = yield from read(FileRead(LocalFile.FEDERATED_TOKEN, path, fresh=True))
+        if renewed == assertion:
+            return response
+        return (yield from send(self.build_request(target, claims=claims, assertion=renewed)))
 
     def resolve_tenant(self, tenant_id: str | None) -> str:
         """The tenant to ask: the configured one, or ``tenant_id`` if it is allowed.
@@ -138,6 +151,15 @@ class WorkloadIdentitySource(TokenSource):
     @property
     def endpoint_name(self) -> str:
         return "Microsoft Entra ID"
+
+
+def assertion_expired(response: RawResponse) -> bool:
+    """Entra ID refused the client assertion as outside its valid time range (expired)."""
+    if response.status not in (400, 401):
+        return False
+    payload = decode_json_object(response)
+    description = payload.get("error_description") if payload else None
+    return isinstance(description, str) and EXPIRED_ASSERTION in description
 
 
 def merge_cae_claims(claims: str | None) -> str:

@@ -12,6 +12,7 @@ from contextvars import ContextVar
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+import jwt
 from aiohttp import web
 
 from .._constants import (
@@ -329,16 +330,22 @@ class Endpoints:
                 "unauthorized_client",
                 f"AADSTS700016: Application with identifier '{client_id}' was not found.",
             )
+        now = emulator.clock()
         try:
             claims = _crypto.verify(
-                record.form_field("client_assertion") or "",
-                audience=FEDERATED_AUDIENCE,
-                now=emulator.clock(),
+                record.form_field("client_assertion") or "", audience=FEDERATED_AUDIENCE, now=now
             )
+        except (jwt.ExpiredSignatureError, jwt.ImmatureSignatureError):
+            raise error(
+                "invalid_client",
+                "AADSTS700024: Client assertion is not within its valid time range. Current "
+                f"time: {datetime.fromtimestamp(now, tz=timezone.utc).isoformat()}.",
+                401,
+            ) from None
         except Exception as exc:
             raise error(
                 "invalid_client",
-                f"AADSTS700024: Client assertion is not valid: {type(exc).__name__}",
+                f"AADSTS50027: JWT token is invalid or malformed ({type(exc).__name__}).",
                 401,
             ) from None
         if claims.get("sub") != FEDERATED_SUBJECT:
