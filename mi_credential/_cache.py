@@ -347,7 +347,9 @@ class TokenCache:
         if flight.scope is not None and self._pending.get(flight.scope) is flight:
             del self._pending[flight.scope]
         waiters, flight.waiters = flight.waiters, []
-        if task.cancelled():
+        if task.cancelled():  # by close(), or by its loop's end: cut short, not failed
+            if (entry := self._entries.get(key[0])) is not None:
+                entry.next_background_refresh = 0.0
             closed = self._closed_error
             for waiter in waiters:
                 if not waiter.done():

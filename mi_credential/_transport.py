@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import weakref
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import asynccontextmanager, suppress
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote_plus
 
@@ -93,7 +93,10 @@ class _LoopSession:
     Sharing it keeps a credential small (a session with its connector weighs more than all the
     rest of a credential with a cached token) and lets acquisitions that follow each other, from
     any credential, reuse a warm connection. It is closed when it has been idle for
-    :data:`IDLE_CLOSE_SECONDS`, or at once when a credential is closed while no request runs.
+    :data:`IDLE_CLOSE_SECONDS`, at once when a credential is closed while no request runs, and
+    when its loop shuts down (``asyncio.run`` and ``asyncio.Runner`` end by closing the loop's
+    asynchronous generators, :func:`_close_with_loop` among them), so a credential used from one
+    loop after another leaves no session open behind it.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -102,6 +105,9 @@ class _LoopSession:
         self.leases = 0
         self.idle_timer: asyncio.TimerHandle | None = None
         self.closing: asyncio.Task[None] | None = None
+        self.watcher = _close_with_loop(self)
+        with suppress(StopIteration):  # run it to its ``yield``: the loop tracks it
+            self.watcher.__anext__().send(None)
 
     def acquire(self) -> aiohttp.ClientSession:
         self.leases += 1
@@ -132,15 +138,37 @@ class _LoopSession:
 
     async def close_if_idle(self) -> None:
         if self.leases == 0:
-            if self.idle_timer is not None:
-                self.idle_timer.cancel()
-                self.idle_timer = None
-            session, self.session = self.session, None
-            if session is not None and not session.closed:
-                await session.close()
+            await self._close_session()
         closing, self.closing = self.closing, None
         if closing is not None:
             await closing
+
+    async def shutdown(self) -> None:
+        """The loop is shutting down: forget this loop's entry and close its session."""
+        if _loop_sessions.get(self.loop) is self:
+            del _loop_sessions[self.loop]
+        await self._close_session()
+        closing, self.closing = self.closing, None
+        if closing is not None and not closing.done():
+            await closing
+
+    async def _close_session(self) -> None:
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+        session, self.session = self.session, None
+        if session is not None and not session.closed:
+            await session.close()
+
+
+async def _close_with_loop(shared: _LoopSession) -> AsyncGenerator[None, None]:
+    """Suspended at its ``yield`` for the life of the loop; the loop's shutdown
+    (``loop.shutdown_asyncgens()``, which ``asyncio.run`` calls after cancelling the remaining
+    tasks) closes it, and with it the loop's session."""
+    try:
+        yield
+    finally:
+        await shared.shutdown()
 
 
 _loop_sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopSession] = (
@@ -156,11 +184,24 @@ def _loop_session() -> _LoopSession:
     return shared
 
 
+def forget_loop_sessions() -> list[object]:
+    """Forget every loop's session without closing it, and return what was forgotten.
+
+    For a child process just forked: the sessions, their connections and their loops belong to
+    the parent, and closing them would act on the parent's loops. The caller keeps what is
+    returned referenced, so that no finalizer of an open session runs in the child either.
+    """
+    forgotten: list[object] = list(_loop_sessions.values())
+    _loop_sessions.clear()
+    return forgotten
+
+
 class Transport:
     """Sends token requests. One per credential.
 
     Requests go through the session of the running event loop that all credentials share
-    (:class:`_LoopSession`), or through the application's session if one was given.
+    (:class:`_LoopSession`), or through the application's session if one was given. Nothing of
+    a loop is kept here: each request finds its loop's session.
 
     Args:
         session: An application-provided session to send with; never closed here.
@@ -172,10 +213,8 @@ class Transport:
     __slots__ = (
         "_connect_timeout",
         "_injected",
-        "_leases",
         "_pins",
         "_read_timeout",
-        "_session",
         "_ssl",
         "_verify",
     )
@@ -189,8 +228,6 @@ class Transport:
         verify: bool | str = True,
     ) -> None:
         self._injected = session
-        self._session: aiohttp.ClientSession | None = None
-        self._leases = 0
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
         self._verify = verify
@@ -204,21 +241,21 @@ class Transport:
             yield
             return
         shared = _loop_session()
-        self._session = shared.acquire()
-        self._leases += 1
+        shared.acquire()
         try:
             yield
         finally:
-            self._leases -= 1
-            if self._leases == 0:
-                self._session = None
             shared.release()
 
     def _get_session(self) -> aiohttp.ClientSession:
-        session = self._injected or self._session
-        if session is None:
+        # The running loop's session, not one kept here: a transport holds nothing of a loop,
+        # so a credential moves from one loop to the next (and into a forked child) as it is.
+        if self._injected is not None:
+            return self._injected
+        shared = _loop_sessions.get(asyncio.get_running_loop())
+        if shared is None or shared.session is None or not shared.leases:
             raise RuntimeError("Transport.send() outside lease()")
-        return session
+        return shared.session
 
     def _ssl_option(self) -> ssl.SSLContext | bool:
         if self._ssl is None:

@@ -1,0 +1,52 @@
+"""A credential created before ``os.fork()`` works in the child.
+
+A process that forks after using credentials (gunicorn ``--preload``, multiprocessing's fork
+start method) hands the child copies of objects that belong to the parent's event loops: the
+shared HTTP session of each loop, with its connections, and the acquisitions in flight, asyncio
+tasks of a loop that never runs in the child. Right after a fork, in the child, this module
+forgets them: the loop sessions (``_transport``) and every cache's in-flight and first-token
+acquisitions, so the child's first request starts its own. Nothing is closed: closing would act
+on the parent's loops and connections. What is forgotten stays referenced for the life of the
+child, so no finalizer reports it (an unclosed session, a pending task destroyed). Cached tokens
+and what the process knows of each endpoint are kept: they stay true in the child.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from typing import TYPE_CHECKING
+
+from . import _transport
+
+if TYPE_CHECKING:
+    from ._cache import TokenCache
+
+_caches: weakref.WeakSet[TokenCache] = weakref.WeakSet()
+
+#: Objects of the parent's loops, kept from their finalizers in a forked child.
+_forgotten: list[object] = []
+
+
+def track(cache: TokenCache) -> None:
+    """Forget the acquisitions in flight of ``cache`` in a child forked from now on."""
+    _caches.add(cache)
+
+
+def after_fork_in_child() -> None:
+    """Forget what belongs to the parent's loops (registered with ``os.register_at_fork``)."""
+    _forgotten.extend(_transport.forget_loop_sessions())
+    for cache in list(_caches):
+        flights = cache._inflight
+        for target, _claims in flights:
+            entry = cache._entries.get(target)
+            if entry is not None:
+                entry.next_background_refresh = 0.0  # the refresh was the parent's: start anew
+        _forgotten.extend(flights.values())
+        _forgotten.extend(cache._pending.values())
+        flights.clear()
+        cache._pending.clear()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=after_fork_in_child)
