@@ -9,12 +9,15 @@ import sys
 
 import pytest
 
+from mi_credential import CredentialUnavailableError
 from mi_credential import ManagedIdentitySource as S
-from mi_credential._cli._doctor import diagnose
+from mi_credential._cli._doctor import Endpoint, describe_timing, diagnose, endpoint_of, explain
 from mi_credential._cli._token import decode_claims
+from mi_credential._environment import detect_source
 from mi_credential.emulator import Emulator, Fault
 
 from .conftest import FakeClock
+from .test_availability import black_hole  # noqa: F401  (the fixture: a port where connects hang)
 
 
 def closed_port() -> int:
@@ -35,6 +38,7 @@ async def test_each_source_is_detected_and_healthy(
     text = diagnosis.render()
     assert f"Source:  {source.label}" in text
     assert "got a token for https://management.azure.com/.default" in text
+    assert "Timing:  answered in " in text
     assert text.endswith("HEALTHY")
     for secret in emulator.secrets():
         assert secret not in text
@@ -42,12 +46,106 @@ async def test_each_source_is_detected_and_healthy(
         assert "characters, hidden" in text
 
 
-async def test_unreachable_endpoint(clock: FakeClock) -> None:
-    environ = {"AZURE_POD_IDENTITY_AUTHORITY_HOST": f"http://127.0.0.1:{closed_port()}"}
+async def test_refused_at_an_overridden_endpoint(clock: FakeClock) -> None:
+    port = closed_port()
+    environ = {"AZURE_POD_IDENTITY_AUTHORITY_HOST": f"http://127.0.0.1:{port}"}
     diagnosis = await diagnose(environ, clock=clock, sleep=clock.sleep)
     assert not diagnosis.healthy
     assert "did not answer (connection failed" in diagnosis.problem
-    assert "probably not an Azure VM" in diagnosis.hint
+    assert diagnosis.cause == (
+        f"nothing listens at 127.0.0.1:{port}: the connection was refused "
+        "(configured by AZURE_POD_IDENTITY_AUTHORITY_HOST)"
+    )
+    # The configured endpoint is named; the default address is not blamed.
+    assert f"AZURE_POD_IDENTITY_AUTHORITY_HOST sends IMDS requests to 127.0.0.1:{port}" in (
+        diagnosis.hint
+    )
+    assert "not an Azure VM" not in diagnosis.hint
+    assert diagnosis.timing == "2 attempts in 0.2 s"  # one quick retry, on the fake clock
+    assert "mi-credential emulate" in diagnosis.local
+    text = diagnosis.render()
+    assert "Timing:  2 attempts in 0.2 s" in text
+    assert "Cause:   nothing listens at" in text
+    assert "Locally: " in text
+
+
+async def test_black_holed_endpoint(clock: FakeClock, request: pytest.FixtureRequest) -> None:
+    port: int = request.getfixturevalue("black_hole")
+    environ = {"AZURE_POD_IDENTITY_AUTHORITY_HOST": f"http://127.0.0.1:{port}"}
+    diagnosis = await diagnose(environ, clock=clock, sleep=clock.sleep)  # one connect timeout
+    assert not diagnosis.healthy
+    assert "(timed out connecting)" in diagnosis.problem
+    assert diagnosis.cause.startswith(
+        f"connects to 127.0.0.1:{port} hang: a firewall, VPN or proxy drops them"
+    )
+    assert "Check the network path" in diagnosis.hint
+    assert "not an Azure VM" not in diagnosis.hint
+    assert diagnosis.timing.startswith("1 attempt in ")  # a black hole is not asked twice
+    assert "mi-credential emulate" in diagnosis.local
+
+
+@pytest.mark.parametrize("fault", [Fault.hang(), Fault.slow(3)], ids=["hang", "slow"])
+async def test_slow_endpoint(emulator: Emulator, clock: FakeClock, fault: Fault) -> None:
+    emulator.add_fault(fault)
+    diagnosis = await diagnose(
+        emulator.environ(S.IMDS), timeout=0.3, clock=clock, sleep=clock.sleep
+    )
+    assert not diagnosis.healthy
+    assert "did not answer (timed out)" in diagnosis.problem
+    assert diagnosis.cause.startswith("connected to 127.0.0.1:")
+    assert "no answer came within the 0.3 s timeout" in diagnosis.cause
+    assert "retry with a larger value, such as --timeout 10" in diagnosis.hint
+    assert diagnosis.timing == "1 attempt in 0.0 s"  # the fake clock: only sleeps move it
+    assert not diagnosis.local  # something is there: no suggestion to emulate
+
+
+def unavailable(
+    cause: str, *, attempts: int = 2, remembered: bool = False
+) -> CredentialUnavailableError:
+    """The error a probe of the default IMDS address gives, made without connecting."""
+    message = (
+        "IMDS managed identity endpoint http://169.254.169.254/metadata/identity/oauth2/token"
+        f" did not answer ({cause}) after {attempts} attempts in 0.2 s."
+    )
+    if remembered:
+        message += " (Remembered: the endpoint is asked again in 4.0 s.)"
+    return CredentialUnavailableError(message, source=S.IMDS, attempts=attempts, elapsed=0.2)
+
+
+def test_the_default_imds_address_is_explained_without_connecting() -> None:
+    config = detect_source({})
+    assert config is not None
+    endpoint = endpoint_of(config)
+    assert endpoint == Endpoint("169.254.169.254:80", None)
+    for cause, seen in (
+        ("connection failed: Connect call failed ('169.254.169.254', 80)", "nothing listens at"),
+        ("connection failed: Network is unreachable", "could not be reached: Network is"),
+        ("timed out connecting", "connects to 169.254.169.254:80 hang"),
+    ):
+        finding = explain(unavailable(cause), endpoint, 5.0)
+        assert seen in finding.cause
+        assert finding.cause.endswith("(the default IMDS address)")
+        assert "probably not an Azure VM" in finding.fix
+        assert finding.nothing_here
+    slow = explain(unavailable("timed out", attempts=1), endpoint, 5.0)
+    assert "within the 5 s timeout" in slow.cause and "--timeout 20" in slow.fix
+    assert not slow.nothing_here
+    remembered = unavailable("timed out connecting", attempts=0, remembered=True)
+    assert "remembers the endpoint's earlier verdict" in describe_timing(remembered)
+
+
+def test_other_sources_name_their_endpoint_variable() -> None:
+    config = detect_source(
+        {"IDENTITY_ENDPOINT": "http://[::1]:8081/msi/token", "IDENTITY_HEADER": "h"}
+    )
+    assert config is not None and config.source is S.APP_SERVICE
+    endpoint = endpoint_of(config)
+    assert endpoint == Endpoint("[::1]:8081", "IDENTITY_ENDPOINT")
+    error = unavailable("connection failed: Connect call failed ('::1', 8081, 0, 0)")
+    finding = explain(error, endpoint, 5.0)
+    assert finding.cause.endswith("(configured by IDENTITY_ENDPOINT)")
+    assert finding.fix.startswith("IDENTITY_ENDPOINT names [::1]:8081.")
+    assert "169.254.169.254" not in finding.fix
 
 
 async def test_wrong_identity(emulator: Emulator, clock: FakeClock) -> None:
@@ -77,7 +175,9 @@ async def test_throttled(emulator: Emulator, clock: FakeClock) -> None:
     diagnosis = await diagnose(emulator.environ(S.APP_SERVICE), clock=clock, sleep=clock.sleep)
     assert not diagnosis.healthy
     assert "HTTP 429" in diagnosis.problem
+    assert diagnosis.cause.endswith("answered HTTP 429")
     assert "throttling" in diagnosis.hint
+    assert not diagnosis.local
 
 
 async def test_malformed_and_undeterminable_environments() -> None:

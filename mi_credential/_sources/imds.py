@@ -5,7 +5,7 @@ https://learn.microsoft.com/entra/identity/managed-identities-azure-resources/ho
 
 from __future__ import annotations
 
-from .._constants import IMDS_API_VERSION
+from .._constants import IMDS_API_VERSION, IMDS_DEFAULT_AUTHORITY
 from .._errors import CredentialUnavailableError, ManagedIdentityError, scrub
 from .._models import IdentityKind, ManagedIdentitySource, RawResponse, TokenRequest
 from .._retry import IMDS_RETRY_POLICY
@@ -67,6 +67,11 @@ class ImdsSource(TokenSource):
         return super().error_from_response(response, request, attempts=attempts, elapsed=elapsed)
 
     def unreachable_hint(self) -> str:
+        if not self.config.endpoint.startswith(IMDS_DEFAULT_AUTHORITY + "/"):
+            return (
+                "ManagedIdentityCredential authentication unavailable: no response from the IMDS "
+                "endpoint that AZURE_POD_IDENTITY_AUTHORITY_HOST names. Check that it runs there."
+            )
         return (
             "ManagedIdentityCredential authentication unavailable: no response from the IMDS "
             "endpoint. This code is probably not running on an Azure VM, scale set or AKS node."
