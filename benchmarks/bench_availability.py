@@ -29,6 +29,7 @@ from azure.core.credentials import AccessToken
 
 from mi_credential import ManagedIdentityCredential
 from mi_credential._constants import EnvironmentVariables
+from mi_credential.emulator import hanging_port, refusing_port
 
 from ._harness import Row, main
 
@@ -49,33 +50,6 @@ class _Next:
 
     async def __aexit__(self, *args: object) -> None:
         return None
-
-
-@contextlib.contextmanager
-def _refusing() -> Iterator[int]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    yield port
-
-
-@contextlib.contextmanager
-def _black_hole() -> Iterator[int]:
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(0)
-    fillers = []
-    for _ in range(8):
-        filler = socket.socket()
-        filler.setblocking(False)
-        filler.connect_ex(server.getsockname())
-        fillers.append(filler)
-    try:
-        yield server.getsockname()[1]
-    finally:
-        for filler in fillers:
-            filler.close()
-        server.close()
 
 
 @contextlib.contextmanager
@@ -131,8 +105,8 @@ async def _chain_calls(factory: Callable[[], Any], cap: float) -> tuple[float, f
 async def run(quick: bool) -> list[Row]:
     cap = 2.0 if quick else 20.0
     machines: list[tuple[str, Callable[[], contextlib.AbstractContextManager[int]]]] = [
-        ("nothing listens", _refusing),
-        ("connects hang", _black_hole),
+        ("nothing listens", refusing_port),
+        ("connects hang", hanging_port),
     ]
     if not quick:
         machines.append(("accepted, never answered", _silent))

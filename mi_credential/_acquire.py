@@ -80,8 +80,8 @@ class Acquirer:
         now: Callable[[], float],
         monotonic: Callable[[], float],
         sleep: Callable[[float], Awaitable[Any]],
-        random: Callable[[], float],
         user_agent: str | None,
+        random: Callable[[], float] = random.random,
     ) -> None:
         self._source = source
         self.recorder = recorder
@@ -271,25 +271,5 @@ class Acquirer:
         return response
 
 
-@functools.lru_cache(maxsize=32)
-def shared_acquirer(
-    source: TokenSource,
-    recorder: Recorder,
-    *,
-    timeout: float,
-    now: Callable[[], float],
-    monotonic: Callable[[], float],
-    sleep: Callable[[float], Awaitable[Any]],
-    user_agent: str | None,
-) -> Acquirer:
-    """The acquirer for these settings, shared by the credentials created with them."""
-    return Acquirer(
-        source,
-        recorder,
-        timeout=timeout,
-        now=now,
-        monotonic=monotonic,
-        sleep=sleep,
-        random=random.random,
-        user_agent=user_agent,
-    )
+shared_acquirer = functools.lru_cache(maxsize=32)(Acquirer)
+"""An :class:`Acquirer` for these settings, shared by the credentials created with them."""

@@ -6,14 +6,13 @@ which stands in for a black-holed 169.254.169.254."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 
 import pytest
 
 from mi_credential import CredentialUnavailableError, ManagedIdentityCredential
 from mi_credential import ManagedIdentitySource as S
-from mi_credential.emulator import Emulator, Fault
+from mi_credential.emulator import Emulator, Fault, hanging_port, refusing_port
 
 from .conftest import FakeClock, register_emulator
 
@@ -21,9 +20,7 @@ SCOPE = "https://storage.azure.com/.default"
 
 
 def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
+    with refusing_port() as port:
         return port
 
 
@@ -34,21 +31,8 @@ def imds_at(port: int) -> dict[str, str]:
 @pytest.fixture
 def black_hole() -> Iterator[int]:
     """A port where connects hang: it listens, never accepts, and its accept queue is full."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(0)
-    fillers = []
-    for _ in range(8):  # more than the queue holds; the extra ones hang like ours will
-        filler = socket.socket()
-        filler.setblocking(False)
-        filler.connect_ex(server.getsockname())
-        fillers.append(filler)
-    try:
-        yield server.getsockname()[1]
-    finally:
-        for filler in fillers:
-            filler.close()
-        server.close()
+    with hanging_port() as port:
+        yield port
 
 
 async def test_nothing_listening_is_unavailable_at_once_and_remembered(clock: FakeClock) -> None:

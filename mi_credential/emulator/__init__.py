@@ -10,11 +10,23 @@ once ``n`` token requests have arrived, ``await emulator.wait_for_responses(n)``
 been answered, and ``with emulator.hold(): ...`` keeps token responses back until the block ends
 (or :meth:`Emulator.release`), so a request stays in flight for exactly as long as a test needs.
 
+:func:`refusing_port` and :func:`hanging_port` stand for a machine without managed identity:
+a loopback port where nothing listens, and one where connects hang.
+
 Needs the ``emulator`` extra (PyJWT, cryptography): ``pip install "mi-credential[emulator]"``.
 """
 
 from ._faults import Fault, RecordedRequest
 from ._identities import DEFAULT_TENANT_ID, EmulatedIdentity
 from ._server import Emulator
+from ._sockets import hanging_port, refusing_port
 
-__all__ = ["DEFAULT_TENANT_ID", "EmulatedIdentity", "Emulator", "Fault", "RecordedRequest"]
+__all__ = [
+    "DEFAULT_TENANT_ID",
+    "EmulatedIdentity",
+    "Emulator",
+    "Fault",
+    "RecordedRequest",
+    "hanging_port",
+    "refusing_port",
+]
