@@ -558,7 +558,6 @@ CLAIMS_CASES = {
     "string": (jwt_of("appid"), None),
     "null": (jwt_of(None), None),
     "nested arrays": (jwt_of(None, raw=b"[" * 5000 + b"]" * 5000), None),
-    "nested objects": (jwt_of(None, raw=b'{"a":' * 2000 + b"1" + b"}" * 2000), None),
     "oversized": (jwt_of({"pad": "x" * MAX_CLAIMS_SEGMENT}), None),  # not even decoded
 }
 
@@ -566,6 +565,15 @@ CLAIMS_CASES = {
 @pytest.mark.parametrize(("token", "claims"), list(CLAIMS_CASES.values()), ids=list(CLAIMS_CASES))
 def test_jwt_claims_are_read_safely(token: str, claims: object) -> None:
     assert decode_jwt_claims(token) == claims
+
+
+def test_deeply_nested_claims_never_raise() -> None:
+    # Within the size bound, CPython 3.13's decoder reads this depth; older ones stop with a
+    # RecursionError, which the reader turns into None. Either way: no exception, no hang.
+    token = jwt_of(None, raw=b'{"a":' * 2000 + b"1" + b"}" * 2000)
+    claims = decode_jwt_claims(token)
+    assert claims is None or set(claims) == {"a"}
+    assert token_identifier(token, "client_id") is None
 
 
 def test_a_payload_just_under_the_limit_is_read() -> None:
