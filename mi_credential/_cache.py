@@ -13,12 +13,11 @@ cache: misses and refreshes read it first, and only the refresher it elects asks
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from azure.core.credentials import AccessToken, AccessTokenInfo
 
@@ -27,29 +26,13 @@ from ._errors import ManagedIdentityError
 from ._models import ParsedToken, RedactedAccessToken, RedactedAccessTokenInfo
 from ._sources import Target
 
+if TYPE_CHECKING:
+    from ._store import TokenStore
+
 _logger = logging.getLogger("mi_credential")
 
 Fetch = Callable[[Target, "str | None", str, str], Awaitable[ParsedToken]]
 """Gets a token from the endpoint: ``fetch(target, claims, reason, cache_result)``."""
-
-
-class TokenStore(Protocol):
-    """A second cache level, shared beyond one credential (such as a per-user file store).
-
-    Only tokens obtained without a caller's claims are read from or written to it.
-    """
-
-    async def read(self, target: Target) -> ParsedToken | None:
-        """The stored token for ``target``, if any (it may be past its refresh time)."""
-        ...
-
-    async def write(self, target: Target, token: ParsedToken) -> None:
-        """Store a token just obtained from the endpoint."""
-        ...
-
-    def refresher(self, target: Target) -> contextlib.AbstractAsyncContextManager[None]:
-        """Hold, for the block, the right to refresh ``target`` (one holder at a time)."""
-        ...
 
 
 class CacheStats:
@@ -294,6 +277,18 @@ class TokenCache:
         current = [t for t in tasks if t.get_loop() is loop]
         if current:
             await asyncio.gather(*current, return_exceptions=True)
+
+    def forget_flights(self) -> list[Flight]:
+        """Forget the acquisitions in flight, returning them: in a forked child they are the
+        parent's tasks, on a loop that never runs there. Their targets may refresh at once."""
+        flights = [*self._inflight.values(), *self._pending.values()]
+        for target, _claims in self._inflight:
+            entry = self._entries.get(target)
+            if entry is not None:
+                entry.next_background_refresh = 0.0
+        self._inflight.clear()
+        self._pending.clear()
+        return flights
 
     # -- acquisition ----------------------------------------------------------------------------
 

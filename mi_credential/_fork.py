@@ -37,15 +37,7 @@ def after_fork_in_child() -> None:
     """Forget what belongs to the parent's loops (registered with ``os.register_at_fork``)."""
     _forgotten.extend(_transport.forget_loop_sessions())
     for cache in list(_caches):
-        flights = cache._inflight
-        for target, _claims in flights:
-            entry = cache._entries.get(target)
-            if entry is not None:
-                entry.next_background_refresh = 0.0  # the refresh was the parent's: start anew
-        _forgotten.extend(flights.values())
-        _forgotten.extend(cache._pending.values())
-        flights.clear()
-        cache._pending.clear()
+        _forgotten.extend(cache.forget_flights())
 
 
 if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
