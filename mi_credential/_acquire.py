@@ -61,6 +61,7 @@ class Acquirer:
     """
 
     __slots__ = (
+        "_contact",
         "_monotonic",
         "_now",
         "_random",
@@ -91,6 +92,12 @@ class Acquirer:
         self._sleep = sleep
         self._random = random
         self._user_agent = f"{_BASE_USER_AGENT} {user_agent}" if user_agent else _BASE_USER_AGENT
+        # A source that decides on first contact (IMDS): what the process knows of its endpoint.
+        self._contact = (
+            contact_for(source.config.endpoint, monotonic)
+            if source.retry_policy.first_contact
+            else None
+        )
 
     async def acquire(
         self,
@@ -138,9 +145,8 @@ class Acquirer:
         policy = source.retry_policy
         start = self._monotonic()
         deadline = start + self._timeout
-        contact = None
-        if policy.first_contact:  # a verdict on first contact, remembered for a while
-            contact = contact_for(source.config.endpoint, self._monotonic)
+        contact = self._contact
+        if contact is not None:  # a verdict on first contact is remembered for a while
             remembered = contact.remembered(start)
             if remembered is not None:
                 raise remembered

@@ -65,15 +65,13 @@ class EndpointContact:
             window = min(UNAVAILABLE_WINDOW * 2 ** (self._verdicts - 1), UNAVAILABLE_WINDOW_MAX)
             self._until = now + window
             self._error = error
-        remembered = CredentialUnavailableError(
+        return CredentialUnavailableError(
             f"{error.message} Calls in the next {window:.0f} s fail at once without asking "
             "again.",
             source=error.source,
             attempts=error.attempts,
             elapsed=error.elapsed,
         )
-        remembered.__cause__ = error.__cause__
-        return remembered
 
 
 _contacts: dict[tuple[str, Callable[[], float]], EndpointContact] = {}

@@ -135,7 +135,7 @@ def next_delay(
         state.error_attempts += 1
         if outcome.timed_out or state.error_attempts >= FIRST_CONTACT_ATTEMPTS:
             return None
-        delay = FIRST_CONTACT_BACKOFF * (1 - policy.jitter + 2 * policy.jitter * random())
+        delay = _backoff(FIRST_CONTACT_BACKOFF, 1, policy, random)
         return delay if delay < remaining else None
     if outcome.error:
         state.error_attempts += 1
