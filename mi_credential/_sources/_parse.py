@@ -1,8 +1,10 @@
 """Reading token endpoint responses: JSON bodies, expiry times in the platforms' formats, refresh
-times, and the error shapes the platforms use. Pure: the request time is passed in."""
+times, the error shapes the platforms use, and the identity an access token's claims name. Pure:
+the request time is passed in."""
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -107,8 +109,6 @@ def decode_jwt_claims(token: str) -> dict[str, Any] | None:
     checking the signature. ``None``, never an exception, for anything else: an opaque or
     encrypted token, a payload segment over :data:`MAX_CLAIMS_SEGMENT` characters, bad base64
     or UTF-8, JSON that is not an object or is nested too deeply to decode."""
-    import base64
-
     parts = token.split(".", 3)
     if len(parts) != 3:
         return None
