@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import threading
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -30,6 +32,15 @@ if TYPE_CHECKING:
     from ._store import TokenStore
 
 _logger = logging.getLogger("mi_credential")
+
+_live: weakref.WeakSet[TokenCache] = weakref.WeakSet()
+_live_lock = threading.Lock()
+
+
+def live_caches() -> list[TokenCache]:
+    """Every cache in use: for the time-to-expiry gauge (on readers' threads) and after a fork."""
+    with _live_lock:
+        return list(_live)
 
 Fetch = Callable[[Target, "str | None", str, str], Awaitable[ParsedToken]]
 """Gets a token from the endpoint: ``fetch(target, claims, reason, cache_result)``."""
@@ -52,11 +63,9 @@ class CacheStats:
 
 
 class Entry:
-    """A cached token. Updated in place when refreshed, so every alias sees the new token.
-
-    The values handed out (:attr:`access_token`, :attr:`info`) are made on first use: most
-    applications ask with only one of the two getters.
-    """
+    """A cached token, updated in place when refreshed, so every alias sees the new token. The
+    values handed out (:attr:`access_token`, :attr:`info`) are made on first use: most
+    applications ask with only one of the two getters."""
 
     __slots__ = (
         "access_token",
@@ -154,6 +163,8 @@ class TokenCache:
         # herd waits on it without repeating the first caller's validation).
         self._pending: dict[str, Flight] = {}
         self._closed_error: Callable[[], BaseException] | None = None
+        with _live_lock:  # read by the time-to-expiry gauge and after a fork
+            _live.add(self)
 
     # -- lookups --------------------------------------------------------------------------------
 
@@ -379,17 +390,11 @@ class TokenCache:
             _logger.warning(message, target.label, error)
 
 
-if sys.version_info >= (3, 12):
-
-    def _start_task(coroutine: Coroutine[Any, Any, Entry]) -> asyncio.Task[Entry]:
-        """Start an acquisition in a task of its own, running its first step at once: the
-        request is on the wire before the caller yields, instead of one loop iteration later
-        (behind every other ready callback, such as the rest of a cold start's herd)."""
-        return asyncio.Task(coroutine, loop=asyncio.get_running_loop(), eager_start=True)
-
-else:
-
-    def _start_task(coroutine: Coroutine[Any, Any, Entry]) -> asyncio.Task[Entry]:
-        """Start an acquisition in a task of its own (its first step runs at the next loop
-        iteration: eager tasks need Python 3.12)."""
-        return asyncio.get_running_loop().create_task(coroutine)
+def _start_task(coroutine: Coroutine[Any, Any, Entry]) -> asyncio.Task[Entry]:
+    """Start an acquisition in a task of its own. On Python 3.12+ its first step runs at once:
+    the request is on the wire before the caller yields, instead of one loop iteration later
+    (behind every other ready callback, such as the rest of a cold start's herd)."""
+    loop = asyncio.get_running_loop()
+    if sys.version_info >= (3, 12):
+        return asyncio.Task(coroutine, loop=loop, eager_start=True)
+    return loop.create_task(coroutine)

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 from azure.core.credentials import AccessToken, AccessTokenInfo, TokenRequestOptions
 
+from . import _fork  # noqa: F401 - a forked child forgets its parent's loops
 from ._cache import Entry, TokenCache
 from ._constants import DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT, DEFAULT_TIMEOUT
 from ._constants import EnvironmentVariables as Env
 from ._environment import SourceConfig, build_identity
 from ._errors import CredentialUnavailableError, ManagedIdentityError
-from ._fork import track as track_across_fork
 from ._models import Identity, ManagedIdentitySource, ParsedToken
 from ._options import NO_SOURCE_MESSAGE, check_options, configure
 from ._sources import Target, TokenSource
@@ -151,8 +151,6 @@ class ManagedIdentityCredential:
             monotonic=monotonic,
         )
         self._cache = TokenCache(now=now, stats=recorder.stats)
-        track_across_fork(self._cache)
-        recorder.watch(self._cache)
         self._acquirer: Acquirer | None = None
         self._transport: Transport | None = None
         if self._source is None:

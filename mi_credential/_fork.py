@@ -14,29 +14,18 @@ and what the process knows of each endpoint are kept: they stay true in the chil
 from __future__ import annotations
 
 import os
-import weakref
-from typing import TYPE_CHECKING
 
 from . import _transport
-
-if TYPE_CHECKING:
-    from ._cache import TokenCache
-
-_caches: weakref.WeakSet[TokenCache] = weakref.WeakSet()
+from ._cache import live_caches
 
 #: Objects of the parent's loops, kept from their finalizers in a forked child.
 _forgotten: list[object] = []
 
 
-def track(cache: TokenCache) -> None:
-    """Forget the acquisitions in flight of ``cache`` in a child forked from now on."""
-    _caches.add(cache)
-
-
 def after_fork_in_child() -> None:
     """Forget what belongs to the parent's loops (registered with ``os.register_at_fork``)."""
     _forgotten.extend(_transport.forget_loop_sessions())
-    for cache in list(_caches):
+    for cache in live_caches():
         _forgotten.extend(cache.forget_flights())
 
 

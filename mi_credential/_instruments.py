@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from ._cache import CacheStats
+from ._cache import CacheStats, live_caches
 from ._version import __version__
 from .telemetry import (
     ACQUISITION_BUCKETS,
@@ -44,7 +44,6 @@ from .telemetry import (
 )
 
 if TYPE_CHECKING:
-    from ._cache import TokenCache
     from ._recorder import Recorder
 
 try:  # The key azure-core and the HTTP instrumentations agree on.
@@ -70,9 +69,6 @@ class Instruments:
         # Metric readers may collect from their own thread (periodic exporters, Prometheus's
         # HTTP server) while credentials are created on the event loop's.
         self._lock = threading.Lock()
-        self._caches: weakref.WeakKeyDictionary[TokenCache, dict[str, str]] = (
-            weakref.WeakKeyDictionary()
-        )
         self._stats: dict[tuple[tuple[str, str], ...], CacheStats] = {}
         self.recorders: dict[tuple[tuple[str, str], ...], Recorder] = {}
         """Recorders shared by credentials with the global tracer and the default clock."""
@@ -121,18 +117,13 @@ class Instruments:
                 stats = self._stats[key] = CacheStats(dict(attributes))
         return stats
 
-    def watch(self, cache: TokenCache, attributes: dict[str, str]) -> None:
-        """Report ``cache``'s tokens to the time-to-expiry gauge while it lives."""
+    def _snapshot(self) -> list[CacheStats]:
         with self._lock:
-            self._caches[cache] = attributes
-
-    def _snapshot(self) -> tuple[list[CacheStats], list[tuple[TokenCache, dict[str, str]]]]:
-        with self._lock:
-            return list(self._stats.values()), list(self._caches.items())
+            return list(self._stats.values())
 
     def _observe_requests(self, options: CallbackOptions) -> Iterable[Observation]:
         observations = []
-        for stats in self._snapshot()[0]:
+        for stats in self._snapshot():
             for result, outcome, value in (
                 ("hit", "success", stats.hits),
                 ("stale", "success", stats.stale),
@@ -144,14 +135,17 @@ class Instruments:
         return observations
 
     def _observe_coalesced(self, options: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(s.coalesced, s.attributes) for s in self._snapshot()[0]]
+        return [Observation(s.coalesced, s.attributes) for s in self._snapshot()]
 
     def _observe_expiry(self, options: CallbackOptions) -> Iterable[Observation]:
         # Credentials with the same source, identity and resource report the soonest expiry.
         soonest: dict[tuple[tuple[str, str], ...], tuple[float, dict[str, str]]] = {}
-        for cache, common in self._snapshot()[1]:
+        mine = set(self._snapshot())  # the caches that count with this meter's statistics
+        for cache in live_caches():
+            if cache.stats not in mine:
+                continue
             for resource, value in cache.expiries():
-                attributes = {**common, RESOURCE: resource}
+                attributes = {**cache.stats.attributes, RESOURCE: resource}
                 key = tuple(sorted(attributes.items()))
                 if key not in soonest or value < soonest[key][0]:
                     soonest[key] = (value, attributes)

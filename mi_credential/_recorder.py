@@ -40,7 +40,7 @@ from .telemetry import (
 )
 
 if TYPE_CHECKING:
-    from ._cache import TokenCache
+    pass
 
 _logger = logging.getLogger(__name__)
 
@@ -133,10 +133,6 @@ class Recorder:
         self._monotonic = monotonic
         self.attributes = attributes
         self.stats = instruments.stats_for(attributes)
-
-    def watch(self, cache: TokenCache) -> None:
-        """Report ``cache``'s tokens to the time-to-expiry gauge (held weakly)."""
-        self._instruments.watch(cache, self.attributes)
 
     def start_acquisition(self, resource: str, reason: str, cache_result: str) -> Acquisition:
         """Start the INTERNAL span of an acquisition, a child of the caller's current span."""
