@@ -28,6 +28,7 @@ from ._retry import (
     parse_retry_after,
 )
 from ._sources import Target, TokenSource
+from ._store import TokenStore, through
 from ._transport import Transport, TransportError
 from ._version import __version__
 
@@ -106,8 +107,9 @@ class Acquirer:
         claims: str | None,
         reason: str,
         cache_result: str,
+        store: TokenStore | None = None,
     ) -> ParsedToken:
-        """A token for ``target`` from the endpoint, traced and measured.
+        """A token for ``target`` from the endpoint (or through ``store``), traced and measured.
 
         Args:
             transport: Sends the requests.
@@ -115,6 +117,8 @@ class Acquirer:
             claims: The claims to send (where the source sends any).
             reason: Why (``initial``, ``expired``, ``proactive``, ``claims``), for telemetry.
             cache_result: What the cache found (``miss``, ``stale``), for telemetry.
+            store: The shared cache to go through, if any: its token while good, else the
+                endpoint's, by one process at a time (waited for no longer than the deadline).
 
         Raises:
             ManagedIdentityError: No token within the deadline.
@@ -122,7 +126,21 @@ class Acquirer:
         record = self.recorder.start_acquisition(target.label, reason, cache_result)
         try:
             async with transport.lease():
-                parsed = await self._attempts(transport, target, claims, record)
+                if store is None:
+                    parsed = await self._attempts(transport, target, claims, record)
+                else:
+                    shared = await through(
+                        store,
+                        target,
+                        functools.partial(self._attempts, transport, target, claims, record),
+                        now=self._now,
+                        monotonic=self._monotonic,
+                        sleep=self._sleep,
+                        bound=self._timeout,
+                        stale_ok=cache_result == "miss",
+                    )
+                    parsed = shared.token
+                    self.recorder.note_shared(record, shared.origin, shared.waited)
         except BaseException as exc:
             self.recorder.finish_acquisition(record, exc)
             raise

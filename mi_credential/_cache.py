@@ -6,8 +6,8 @@ the counts telemetry reports are plain integers (:class:`CacheStats`). Fresh (be
 cached token, and one background refresh, retried no sooner than ``REFRESH_RETRY_BACKOFF``
 after a failure. Mandatory (expired or nearly): every caller waits for the one acquisition in
 flight. A cancelled caller never cancels the acquisition the others share; a caller's
-``claims`` bypass the cache once. A :class:`TokenStore` is a second level shared beyond this
-cache: misses and refreshes read it first, and only the refresher it elects asks the endpoint.
+``claims`` bypass the cache once, and the second level too: ``fetch`` is told whether the token
+it gets may be shared beyond this cache (``_store``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import threading
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from azure.core.credentials import AccessToken, AccessTokenInfo
 
@@ -27,9 +27,6 @@ from ._constants import MANDATORY_REFRESH_MARGIN, REFRESH_RETRY_BACKOFF
 from ._errors import ManagedIdentityError
 from ._models import ParsedToken, RedactedAccessToken, RedactedAccessTokenInfo
 from ._sources import Target
-
-if TYPE_CHECKING:
-    from ._store import TokenStore
 
 _logger = logging.getLogger("mi_credential")
 
@@ -42,8 +39,10 @@ def live_caches() -> list[TokenCache]:
     with _live_lock:
         return list(_live)
 
-Fetch = Callable[[Target, "str | None", str, str], Awaitable[ParsedToken]]
-"""Gets a token from the endpoint: ``fetch(target, claims, reason, cache_result)``."""
+Fetch = Callable[[Target, "str | None", str, str, bool], Awaitable[ParsedToken]]
+"""Gets a token from beyond this cache: ``fetch(target, claims, reason, cache_result, shared)``;
+``shared`` is false for a caller's claims (the token must come from the endpoint, and stay
+here)."""
 
 
 class CacheStats:
@@ -127,7 +126,6 @@ class TokenCache:
     Args:
         now: Wall clock, epoch seconds.
         stats: The counters to count calls in.
-        store: A second level shared beyond this cache, if any.
     """
 
     __slots__ = (
@@ -138,7 +136,6 @@ class TokenCache:
         "_inflight",
         "_now",
         "_pending",
-        "_store",
         "stats",
     )
 
@@ -147,11 +144,9 @@ class TokenCache:
         *,
         now: Callable[[], float],
         stats: CacheStats,
-        store: TokenStore | None = None,
     ) -> None:
         self._now = now
         self.stats = stats
-        self._store = store
         # ``_hot`` maps the scope string of a plain single-scope call to its entry for the fast
         # path; ``_entries`` is keyed by target. Both point at the same Entry objects.
         self._hot: dict[str, Entry] = {}
@@ -315,34 +310,13 @@ class TokenCache:
         self, key: FlightKey, fetch: Fetch, reason: str, cache_result: str, shared: bool
     ) -> Entry:
         target, claims = key
-        store = self._store
-        if store is None or not shared:
-            parsed = await fetch(target, claims, reason, cache_result)
-        else:
-            parsed = await self._through(
-                store, target, partial(fetch, target, claims, reason, cache_result)
-            )
+        parsed = await fetch(target, claims, reason, cache_result, shared)
         entry = self._entries.get(target)
         if entry is None:
             entry = self._entries[target] = Entry(parsed)
         else:
             entry.update(parsed)
         return entry
-
-    async def _through(
-        self, store: TokenStore, target: Target, fetch: Callable[[], Awaitable[ParsedToken]]
-    ) -> ParsedToken:
-        """Through the second level: its token while fresh; else the elected refresher's."""
-        stored = await store.read(target)
-        if stored is not None and self._now() < stored.refresh_on:
-            return stored
-        async with store.refresher(target):
-            stored = await store.read(target)  # another holder may have refreshed meanwhile
-            if stored is not None and self._now() < stored.refresh_on:
-                return stored
-            parsed = await fetch()
-            await store.write(target, parsed)
-            return parsed
 
     def _land(
         self, key: FlightKey, flight: Flight, cache_result: str, task: asyncio.Task[Entry]

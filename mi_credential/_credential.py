@@ -6,6 +6,7 @@ in ``_acquire``, the protocol of each hosting source in ``_sources``, the HTTP i
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
     from ._acquire import Acquirer
+    from ._store import TokenStore
 
 _logger = logging.getLogger("mi_credential")
 
@@ -66,6 +68,10 @@ class ManagedIdentityCredential:
         arc_key_directory: Azure Arc: the directory the agent writes its challenge key files
             to; a key file elsewhere is refused (default: the platform's,
             ``/var/opt/azcmagent/tokens`` on Linux).
+        shared_cache: Share tokens with this user's other processes on this host (one request
+            per refresh between them): ``True`` (a per-user directory), a directory path, or
+            ``False``. ``None`` (default): as ``MI_CREDENTIAL_SHARED_CACHE`` (``1`` or a path)
+            says. Needs the ``shared-cache`` extra; see the README's "Many worker processes".
         environ: Environment variables to detect the source from (default :data:`os.environ`).
         clock: Wall clock, epoch seconds (default :func:`time.time`). When given, it also
             drives deadlines and durations.
@@ -78,8 +84,10 @@ class ManagedIdentityCredential:
 
     Raises:
         ValueError: The identity arguments are inconsistent, the selected source cannot serve
-            the requested identity, or an environment variable is malformed.
+            the requested identity, an environment variable is malformed, or ``shared_cache``
+            is neither a boolean nor a path.
         TypeError: An unknown keyword argument.
+        ImportError: ``shared_cache`` was given without the ``shared-cache`` extra installed.
     """
 
     # A process may hold many credentials (one per identity, per client library); slots keep
@@ -92,6 +100,7 @@ class ManagedIdentityCredential:
         "_config",
         "_identity",
         "_source",
+        "_store",
         "_transport",
     )
 
@@ -108,6 +117,7 @@ class ManagedIdentityCredential:
         additionally_allowed_tenants: Sequence[str] = (),
         exclude_workload_identity: bool = False,
         arc_key_directory: str | None = None,
+        shared_cache: bool | str | os.PathLike[str] | None = None,
         environ: Mapping[str, str] | None = None,
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], Awaitable[Any]] | None = None,
@@ -138,6 +148,7 @@ class ManagedIdentityCredential:
         # the package: a process that only imports it pays for neither.
         from ._acquire import shared_acquirer
         from ._recorder import Recorder
+        from ._shared_cache import open_store
 
         now = clock or time.time
         monotonic = clock or time.monotonic
@@ -153,6 +164,9 @@ class ManagedIdentityCredential:
         self._cache = TokenCache(now=now, stats=recorder.stats)
         self._acquirer: Acquirer | None = None
         self._transport: Transport | None = None
+        self._store: TokenStore | None = open_store(
+            shared_cache, env, self._config, self._identity, now
+        )
         if self._source is None:
             _logger.warning("ManagedIdentityCredential: %s", NO_SOURCE_MESSAGE)
             return
@@ -253,13 +267,13 @@ class ManagedIdentityCredential:
         if self._closed:
             return
         self._closed = True
-        await self._cache.close(self._closed_error)
+        await self._cache.close(functools.partial(_closed_error, self.source))
         if self._transport is not None:
             await self._transport.close()
 
     async def __aenter__(self) -> ManagedIdentityCredential:
         if self._closed:
-            raise self._closed_error()
+            raise _closed_error(self.source)
         return self
 
     async def __aexit__(
@@ -272,9 +286,10 @@ class ManagedIdentityCredential:
 
     def __repr__(self) -> str:
         source = self._config.source.value if self._config else None
+        shared = f", shared_cache={self._store.directory!r}" if self._store is not None else ""
         return (
             f"ManagedIdentityCredential(source={source!r}, identity={self._identity.describe()!r}"
-            f"{', closed' if self._closed else ''})"
+            f"{shared}{', closed' if self._closed else ''})"
         )
 
     # -- everything but the fast cache hit ------------------------------------------------------
@@ -290,7 +305,7 @@ class ManagedIdentityCredential:
         """Validation, then the cache: a stale token served, or an acquisition joined."""
         try:
             if self._closed:
-                raise self._closed_error()
+                raise _closed_error(self.source)
             cache = self._cache
             scope = scopes[0] if len(scopes) == 1 and tenant_id is None and not enable_cae else None
             if scope is not None and not claims:
@@ -316,14 +331,18 @@ class ManagedIdentityCredential:
             raise
 
     async def _fetch(
-        self, target: Target, claims: str | None, reason: str, cache_result: str
+        self, target: Target, claims: str | None, reason: str, cache_result: str, shared: bool
     ) -> ParsedToken:
-        """A token from the endpoint, through this credential's transport."""
+        """A token from the endpoint through this credential's transport, or from the shared
+        cache when it is on and the token may be shared."""
         assert self._acquirer is not None and self._transport is not None
-        return await self._acquirer.acquire(self._transport, target, claims, reason, cache_result)
-
-    def _closed_error(self) -> ManagedIdentityError:
-        return ManagedIdentityError(
-            "This ManagedIdentityCredential is closed; create a new one.",
-            source=self.source,
+        store = self._store if shared else None
+        return await self._acquirer.acquire(
+            self._transport, target, claims, reason, cache_result, store
         )
+
+
+def _closed_error(source: ManagedIdentitySource | None) -> ManagedIdentityError:
+    return ManagedIdentityError(
+        "This ManagedIdentityCredential is closed; create a new one.", source=source
+    )

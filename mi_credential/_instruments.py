@@ -38,6 +38,7 @@ from .telemetry import (
     OUTCOME,
     RESOURCE,
     SCHEMA_URL,
+    SHARED_CACHE_LOCK_WAITS,
     TIME_TO_EXPIRY,
     TOKEN_REFRESHES,
     TOKEN_REQUESTS,
@@ -81,7 +82,14 @@ class Instruments:
         self.refreshes = meter.create_counter(
             TOKEN_REFRESHES,
             unit="{refresh}",
-            description="Token acquisitions from the endpoint, by reason and outcome.",
+            description=(
+                "Token acquisitions (cache misses and refreshes), by reason, origin and outcome."
+            ),
+        )
+        self.lock_waits = meter.create_counter(
+            SHARED_CACHE_LOCK_WAITS,
+            unit="{wait}",
+            description="Acquisitions that waited for another process's refresh of a shared token.",
         )
         self.http_duration = meter.create_histogram(
             HTTP_CLIENT_DURATION,

@@ -10,7 +10,7 @@ import functools
 import logging
 from collections.abc import Callable
 from time import monotonic as _monotonic
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
@@ -31,16 +31,15 @@ from .telemetry import (
     HTTP_REQUEST_METHOD,
     HTTP_REQUEST_RESEND_COUNT,
     HTTP_RESPONSE_STATUS_CODE,
+    ORIGIN_ENDPOINT,
     OUTCOME,
     REFRESH_REASON,
     RESOURCE,
     SERVER_ADDRESS,
     SERVER_PORT,
+    TOKEN_ORIGIN,
     URL_FULL,
 )
-
-if TYPE_CHECKING:
-    pass
 
 _logger = logging.getLogger(__name__)
 
@@ -141,6 +140,7 @@ class Recorder:
             RESOURCE: resource,
             CACHE_RESULT: cache_result,
             REFRESH_REASON: reason,
+            TOKEN_ORIGIN: ORIGIN_ENDPOINT,
         }
         start = self._monotonic()
         try:
@@ -152,6 +152,19 @@ class Recorder:
             _logger.debug("could not start a span", exc_info=True)
             span, context = trace.INVALID_SPAN, None
         return Acquisition(span, context, attributes, start)
+
+    def note_shared(self, record: Acquisition, origin: str, waited: bool) -> None:
+        """The acquisition went through the shared cache: where its token came from, and
+        whether it waited for another process's lock."""
+        try:
+            if origin != ORIGIN_ENDPOINT:
+                shared = {CACHE_RESULT: "shared", TOKEN_ORIGIN: origin}
+                record.attributes.update(shared)
+                record.span.set_attributes(shared)
+            if waited:
+                self._instruments.lock_waits.add(1, self.attributes)
+        except Exception:
+            _logger.debug("could not record a shared cache outcome", exc_info=True)
 
     def finish_acquisition(self, record: Acquisition, error: BaseException | None) -> None:
         """End the acquisition's span; record its duration and outcome."""

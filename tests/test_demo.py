@@ -142,7 +142,7 @@ def test_the_report_has_the_metric_values(demo_run: subprocess.CompletedProcess[
     )
     assert re.search(
         r"^     1 +error\.type=CredentialUnavailableError identity\.kind=client_id "
-        r"outcome=error refresh\.reason=initial source=imds$",
+        r"outcome=error refresh\.reason=initial source=imds token\.origin=endpoint$",
         text,
         re.M,
     )

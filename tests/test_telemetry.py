@@ -99,6 +99,7 @@ async def test_cold_acquisition_spans(emulator: Emulator, clock: FakeClock, tele
         "mi_credential.resource": RESOURCE,
         "mi_credential.cache.result": "miss",
         "mi_credential.refresh.reason": "initial",
+        "mi_credential.token.origin": "endpoint",
         "mi_credential.attempts": 1,
     }
     assert acquisition.status.status_code is StatusCode.UNSET
@@ -145,6 +146,7 @@ async def test_retries_and_failure(emulator: Emulator, clock: FakeClock, telemet
         "mi_credential.source": "app_service",
         "mi_credential.identity.kind": "system_assigned",
         "mi_credential.refresh.reason": "initial",
+        "mi_credential.token.origin": "endpoint",
         "mi_credential.outcome": "error",
         "error.type": "TokenRequestError",
     }
