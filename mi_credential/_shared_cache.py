@@ -247,8 +247,8 @@ class FileTokenStore:
             lock.acquire(timeout=0)
         except filelock.Timeout:
             return False
-        except OSError as exc:  # no lock to be had: refresh without one rather than not at all
-            self._warn(f"the lock for {self._directory} cannot be taken ({exc.strerror})")
+        except Exception as exc:  # no lock to be had: refresh without one rather than not at all
+            self._warn(f"the lock in {self._directory} cannot be taken ({type(exc).__name__})")
             return True
         self._held.add(name)
         return True

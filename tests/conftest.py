@@ -43,7 +43,7 @@ class FakeClock:
 @pytest.fixture(autouse=True)
 def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     """No managed identity variable of the machine running the tests leaks in."""
-    for name in EnvironmentVariables.ALL:
+    for name in (*EnvironmentVariables.ALL, "MI_CREDENTIAL_SHARED_CACHE"):
         monkeypatch.delenv(name, raising=False)
 
 
