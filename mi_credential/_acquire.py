@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ._contact import contact_for
-from ._errors import ManagedIdentityError
+from ._errors import InvalidTokenResponseError, ManagedIdentityError
 from ._files import read_local_file
 from ._models import FileRead, ParsedToken, RawResponse, TokenRequest
 from ._retry import (
@@ -28,6 +28,7 @@ from ._retry import (
     parse_retry_after,
 )
 from ._sources import Target, TokenSource
+from ._sources._parse import scrub_metadata
 from ._store import TokenStore, through
 from ._transport import Transport, TransportError
 from ._version import __version__
@@ -195,7 +196,7 @@ class Acquirer:
                     contact.answer()  # any status: the endpoint exists
                 if 200 <= response.status < 300:
                     try:
-                        return source.parse_response(response, request, request_time)
+                        return self._parsed(response, request, request_time)
                     except ManagedIdentityError as exc:
                         exc.attempts = state.attempts
                         exc.elapsed = self._monotonic() - start
@@ -229,6 +230,24 @@ class Acquirer:
             if first_contact and response.connect and contact is not None:
                 error = contact.unavailable(error, self._monotonic())
             raise error from response
+
+    def _parsed(
+        self, response: RawResponse, request: TokenRequest, request_time: float
+    ) -> ParsedToken:
+        """The token of a 2xx response, if it is still valid now that it has arrived: a token
+        that expired in flight (``expires_in`` shorter than the answer took) is no token."""
+        source = self._source
+        parsed = source.parse_response(response, request, request_time)
+        if parsed.expires_on <= self._now():
+            raise InvalidTokenResponseError(
+                f"{source.endpoint_name} answered HTTP {response.status} with a token that "
+                f"expired before the answer arrived, {self._now() - request_time:.1f} s after "
+                "the request. The endpoint is too slow for the lifetime of its tokens.",
+                source=source.kind,
+                status_code=response.status,
+                reason=response.reason,
+            )
+        return parsed
 
     async def _exchange(
         self,
@@ -292,7 +311,7 @@ class Acquirer:
             recorder.finish_attempt(attempt, error_type=type(exc).__name__)
             raise
         recorder.finish_attempt(attempt, status=response.status)
-        return response
+        return scrub_metadata(response, request.secrets)
 
 
 shared_acquirer = functools.lru_cache(maxsize=32)(Acquirer)

@@ -74,6 +74,10 @@ HALF_LIFE_THRESHOLD = 7200
 REFRESH_BEFORE_EXPIRY = 300
 #: Inside this margin before expiry a cached token is not served: callers wait for a new one.
 MANDATORY_REFRESH_MARGIN = 60
+#: A token is cached for at most this long, whatever its endpoint says: managed identity tokens
+#: live about 24 h, so a longer claim (``expires_in: 1e300``) is a broken endpoint's, and a
+#: token kept forever would never be replaced.
+MAX_TOKEN_LIFETIME = 7 * 24 * 3600
 #: After a failed background refresh, the next one starts no sooner than this.
 REFRESH_RETRY_BACKOFF = 30.0
 

@@ -39,6 +39,10 @@ IGNORED_KWARGS = frozenset(
     }
 )
 
+#: The longest timeout accepted: anything longer is a mistake (``inf`` would overflow the loop's
+#: timers), and no acquisition should wait a day.
+MAX_TIMEOUT = 86400.0
+
 NO_SOURCE_MESSAGE = (
     "No managed identity endpoint found: IDENTITY_ENDPOINT is set but neither IDENTITY_HEADER "
     "(App Service) nor IMDS_ENDPOINT (Azure Arc) is, so the hosting platform cannot be "
@@ -54,7 +58,7 @@ def check_options(
 
     Raises:
         TypeError: An unknown keyword argument.
-        ValueError: A timeout that is not a positive number of seconds.
+        ValueError: A timeout that is not a positive number of seconds, up to a day.
     """
     unknown = sorted(set(kwargs) - IGNORED_KWARGS)
     if unknown:
@@ -66,8 +70,15 @@ def check_options(
         ("connection_timeout", connection_timeout),
         ("read_timeout", read_timeout),
     ):
-        if not isinstance(value, (int, float)) or not value > 0:
-            raise ValueError(f"{name} must be a positive number of seconds, not {value!r}.")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not 0 < value <= MAX_TIMEOUT
+        ):
+            raise ValueError(
+                f"{name} must be a positive number of seconds up to {MAX_TIMEOUT:.0f} (a day), "
+                f"not {value!r}."
+            )
 
 
 @functools.lru_cache(maxsize=32)

@@ -10,6 +10,7 @@ overall deadline of the acquisition: a retry that cannot start before the deadli
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
@@ -194,22 +195,29 @@ def parse_retry_after(headers: Mapping[str, str], now: float) -> float | None:
     for name in ("retry-after-ms", "x-ms-retry-after-ms"):
         value = headers.get(name)
         if value:
-            try:
-                return max(0.0, float(value) / 1000)
-            except ValueError:
-                pass
+            milliseconds = _finite(value)
+            if milliseconds is not None:
+                return max(0.0, milliseconds / 1000)
     value = headers.get("retry-after")
     if not value:
         return None
     value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
+    seconds = _finite(value)
+    if seconds is not None:
+        return max(0.0, seconds)
     import email.utils  # only for the rare HTTP-date form
 
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        return max(0.0, float(when.timestamp()) - now)
+    except (TypeError, ValueError, IndexError, OverflowError):  # absurd years overflow
         return None
-    return max(0.0, float(when.timestamp()) - now)
+
+
+def _finite(text: str) -> float | None:
+    """A finite number of ``text``, or ``None`` (``inf``, ``nan`` and words are no delay)."""
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None

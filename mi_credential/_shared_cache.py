@@ -21,15 +21,16 @@ import hashlib
 import json
 import logging
 import os
-import re
 import stat
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ._constants import MAX_TOKEN_LIFETIME
 from ._environment import SourceConfig
 from ._models import Identity, ParsedToken
 from ._sources import Target
+from ._sources._parse import token_problem
 
 _logger = logging.getLogger("mi_credential")
 
@@ -41,12 +42,9 @@ EXTRA_MESSAGE = (
 FORMAT = 1
 #: An entry larger than this is not read (a token entry is a few KB).
 MAX_ENTRY_BYTES = 64 * 1024
-#: An entry that claims to be valid for longer than this is not believed.
-MAX_LIFETIME = 7 * 24 * 3600
 
 _ON = frozenset({"1", "true", "yes", "on"})
 _OFF = frozenset({"", "0", "false", "no", "off"})
-_TOKEN_TYPE = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}")
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
@@ -299,17 +297,14 @@ def decode_entry(data: bytes, now: float) -> ParsedToken | None:
     token, token_type = entry.get("access_token"), entry.get("token_type")
     expires_on, refresh_on = entry.get("expires_on"), entry.get("refresh_on")
     if not (
-        isinstance(token, str)
-        and token.isascii()
-        and token.isprintable()
-        and " " not in token
-        and token
+        token_problem(token, token_type) is None
+        and isinstance(token, str)
         and isinstance(token_type, str)
-        and _TOKEN_TYPE.fullmatch(token_type)
+        and token_type
         and type(expires_on) is int
         and type(refresh_on) is int
         and 0 < refresh_on <= expires_on
-        and now < expires_on <= now + MAX_LIFETIME
+        and now < expires_on <= now + MAX_TOKEN_LIFETIME
     ):
         return None
     return ParsedToken(token, expires_on, refresh_on, token_type)

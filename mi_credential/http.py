@@ -179,7 +179,7 @@ def decode_claims(encoded: str) -> str | None:
     try:
         claims = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("utf-8")
         parsed = json.loads(claims)
-    except (binascii.Error, ValueError):  # UnicodeDecodeError and JSONDecodeError included
+    except (binascii.Error, ValueError, RecursionError):  # UnicodeDecodeError, JSONDecodeError
         return None
     return claims if isinstance(parsed, dict) else None
 

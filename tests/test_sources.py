@@ -269,7 +269,8 @@ def test_expires_on_formats(value, expected) -> None:
 def test_azure_ml_date_expiry() -> None:
     body = {"access_token": "T", "expires_on": "06/20/2030 02:57:58 +00:00"}
     src = create_source(CONFIGS[S.AZURE_ML], build_identity(None, None))
-    token = src.parse_response(response(body=body), src.build_request(Target("r")), 1_900_000_000)
+    request_time = 1908154678 - 86400  # a day before: within the longest lifetime believed
+    token = src.parse_response(response(body=body), src.build_request(Target("r")), request_time)
     assert token.expires_on == 1908154678
 
 

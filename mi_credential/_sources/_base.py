@@ -10,6 +10,7 @@ from collections.abc import Generator, Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple
 from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
+from .._constants import MAX_TOKEN_LIFETIME
 from .._environment import SourceConfig
 from .._errors import (
     CredentialUnavailableError,
@@ -36,6 +37,7 @@ from ._parse import (
     refresh_time,
     to_number,
     token_identifier,
+    token_problem,
 )
 
 _DEFAULT_SUFFIX = "/.default"
@@ -233,17 +235,19 @@ class TokenSource:
         payload = decode_json_object(response)
         if payload is None:
             raise self._invalid(response, "its body is not a JSON object")
-        token = payload.get("access_token")
-        if not isinstance(token, str) or not token:
-            raise self._invalid(response, "it has no access_token")
+        token, token_type = payload.get("access_token"), payload.get("token_type")
+        problem = token_problem(token, token_type)
+        if problem is not None:
+            raise self._invalid(response, problem)
+        assert isinstance(token, str)
         expires_on = self.expiry(payload, request_time)
         if expires_on is None:
             raise self._invalid(response, "it has no usable expires_in or expires_on")
         if expires_on <= request_time:
             raise self._invalid(response, "the token it holds has already expired")
+        expires_on = min(expires_on, int(request_time) + MAX_TOKEN_LIFETIME)  # never forever
         self.check_payload(payload, response)
         self.check_identity(token, response)
-        token_type = payload.get("token_type")
         return ParsedToken(
             token=token,
             expires_on=expires_on,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -15,6 +16,10 @@ from .._constants import HALF_LIFE_THRESHOLD, REFRESH_BEFORE_EXPIRY
 from .._errors import scrub
 from .._models import RawResponse
 
+#: What a token type may hold: an RFC 9110 token (``Bearer``, ``PoP``), nothing that could end a
+#: header line.
+_TOKEN_TYPE = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}")
+
 
 def decode_json_object(response: RawResponse) -> dict[str, Any] | None:
     """The body as a JSON object, or ``None`` if it is not one (empty, not JSON, not an object)."""
@@ -22,9 +27,39 @@ def decode_json_object(response: RawResponse) -> dict[str, Any] | None:
         return None
     try:
         value = json.loads(response.body.decode("utf-8-sig"))
-    except (UnicodeDecodeError, ValueError):
+    except (ValueError, RecursionError):  # UnicodeDecodeError included; nested too deeply
         return None
     return value if isinstance(value, dict) else None
+
+
+def token_problem(token: object, token_type: object) -> str | None:
+    """Why an ``access_token`` and ``token_type`` cannot be used, or ``None`` if they can: a
+    token is printable ASCII with no spaces (it goes into an ``Authorization`` header as it is),
+    a token type one word. The reason never quotes them."""
+    if not isinstance(token, str) or not token.strip():
+        return "it has no access_token"
+    if not (token.isascii() and token.isprintable()) or " " in token:
+        return "its access_token holds characters no token has (spaces, controls or non-ASCII)"
+    if token_type is not None and not (
+        isinstance(token_type, str) and (not token_type or _TOKEN_TYPE.fullmatch(token_type))
+    ):
+        return "its token_type is not a word"
+    return None
+
+
+def scrub_metadata(response: RawResponse, secrets: Sequence[str]) -> RawResponse:
+    """``response`` with its reason phrase and ``Content-Type`` (the metadata messages quote)
+    scrubbed of ``secrets`` and JWT-shaped text, like its body is: an endpoint echoing the
+    identity header in either must not put it into an exception or a log line."""
+    reason = scrub(response.reason, secrets, limit=80) if response.reason else response.reason
+    content_type = response.header("content-type")
+    if content_type is None or scrub(content_type, secrets, limit=200) == content_type:
+        return response if reason == response.reason else response._replace(reason=reason)
+    headers: dict[str, str] = {}
+    for name, value in response.headers.items():
+        headers.setdefault(name.lower(), value)
+    headers["content-type"] = scrub(content_type, secrets, limit=200)
+    return response._replace(reason=reason, headers=headers)
 
 
 def parse_epoch(value: object) -> int | None:
@@ -55,14 +90,14 @@ def to_number(value: object) -> float | None:
     """A finite number from a JSON number or a numeric string; ``None`` otherwise."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, (int, float)):
-        number = float(value)
-    elif isinstance(value, str):
-        try:
+    try:
+        if isinstance(value, (int, float)):
+            number = float(value)
+        elif isinstance(value, str):
             number = float(value.strip())
-        except ValueError:
+        else:
             return None
-    else:
+    except (ValueError, OverflowError):  # an integer too large for a float overflows
         return None
     return number if math.isfinite(number) else None
 

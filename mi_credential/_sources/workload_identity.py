@@ -173,7 +173,7 @@ def merge_cae_claims(claims: str | None) -> str:
         return CAE_CLIENT_CAPABILITY_CLAIMS
     try:
         requested = json.loads(claims)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ValueError("claims must be a JSON object.") from None
     if not isinstance(requested, dict):
         raise ValueError("claims must be a JSON object.")
