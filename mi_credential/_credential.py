@@ -72,7 +72,7 @@ class ManagedIdentityCredential:
             per refresh between them): ``True`` (a per-user directory), a directory path, or
             ``False``. ``None`` (default): as ``MI_CREDENTIAL_SHARED_CACHE`` (``1`` or a path)
             says. Needs the ``shared-cache`` extra; see the README's "Many worker processes".
-        environ: Environment variables to detect the source from (default :data:`os.environ`).
+        environ: The environment variables to read (default :data:`os.environ`).
         clock: Wall clock, epoch seconds (default :func:`time.time`). When given, it also
             drives deadlines and durations.
         sleep: Awaitable sleep used between retries (default :func:`asyncio.sleep`).

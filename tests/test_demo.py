@@ -1,8 +1,9 @@
 """``python -m mi_credential demo``: run as users run it (a subprocess) and in process.
 
 The report must hold the span tree and the metric values; the Prometheus exposition served
-while the demo runs must hold every metric (and label) the Grafana dashboard queries; the OTLP
-export must reach a collector; and nothing printed, traced or measured may carry a secret.
+while the demo runs must hold every metric (and label) the Grafana dashboard queries (those of
+its shared token cache row: the exposition of credentials that share a cache); the OTLP export
+must reach a collector; and nothing printed, traced or measured may carry a secret.
 """
 
 from __future__ import annotations
@@ -17,18 +18,24 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.trace import SpanKind
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 import mi_credential._constants as constants
+from mi_credential import ManagedIdentityCredential, telemetry
+from mi_credential.emulator import Emulator
 from mi_credential_demo import Demo, DemoOptions, _services
 from mi_credential_demo._steps import CONCURRENT_CALLERS
 
@@ -36,6 +43,8 @@ from .conftest import register_emulator
 
 ROOT = Path(__file__).parents[1]
 DASHBOARD = ROOT / "samples" / "observability" / "grafana" / "mi-credential-dashboard.json"
+# The dashboard's row of shared cache panels, whose metrics only credentials sharing a cache record.
+SHARED_CACHE_ROW = "Shared token cache"
 SOURCES = ("IMDS", "App Service", "Azure Arc", "Service Fabric", "Azure ML", "Cloud Shell",
            "workload identity")
 METRICS = (
@@ -274,14 +283,44 @@ async def test_holding_keeps_calling_until_the_time_is_up() -> None:
 # -- the Prometheus exposition, scraped while the demo runs, against the dashboard's queries -----
 
 
-def dashboard_queries() -> list[tuple[str, str]]:
-    """``(expr, legendFormat)`` of every target of every panel."""
-    panels = json.loads(DASHBOARD.read_text(encoding="utf-8"))["panels"]
+def dashboard_panels() -> list[tuple[str, dict[str, Any]]]:
+    """Every panel that is not a row, with the title of the row it is in ("" above the first
+    row). A row's panels follow it, or are inside it when it is collapsed."""
+    placed: list[tuple[str, dict[str, Any]]] = []
+    row = ""
+    for panel in json.loads(DASHBOARD.read_text(encoding="utf-8"))["panels"]:
+        if panel["type"] == "row":
+            row = panel["title"]
+            placed.extend((row, inner) for inner in panel.get("panels", []))
+        else:
+            placed.append((row, panel))
+    return placed
+
+
+def dashboard_queries(row: str = "") -> list[tuple[str, str]]:
+    """``(expr, legendFormat)`` of every target of every panel in ``row``."""
     return [
         (target["expr"], target.get("legendFormat", ""))
-        for panel in panels
+        for in_row, panel in dashboard_panels()
+        if in_row == row
         for target in panel.get("targets", [])
     ]
+
+
+def test_the_dashboards_panels_have_unique_ids_and_do_not_overlap() -> None:
+    panels = json.loads(DASHBOARD.read_text(encoding="utf-8"))["panels"]
+    everything = [*panels, *(inner for panel in panels for inner in panel.get("panels", []))]
+    ids = [panel["id"] for panel in everything]
+    assert len(ids) == len(set(ids)), ids
+    cells: dict[tuple[int, int], int] = {}
+    for panel in everything:
+        box = panel["gridPos"]
+        assert box["x"] >= 0 and box["x"] + box["w"] <= 24, panel["title"]
+        for x in range(box["x"], box["x"] + box["w"]):
+            for y in range(box["y"], box["y"] + box["h"]):
+                assert (x, y) not in cells, f"{panel['title']} overlaps panel {cells[(x, y)]}"
+                cells[(x, y)] = panel["id"]
+    assert {row for row, _ in dashboard_panels()} == {"", SHARED_CACHE_ROW}
 
 
 _KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset",
@@ -376,13 +415,24 @@ async def test_every_metric_the_dashboard_queries_is_in_the_demos_exposition() -
     assert process.returncode == 0, "\n".join(lines) + rest + errors
     assert "Stopped holding." in rest
 
+    queries = dashboard_queries()
+    assert len(queries) >= 6
+    check_queries(queries, exposition)
+
+
+def exposition_samples(exposition: str) -> dict[str, list[dict[str, str]]]:
+    """The labels of each sample of a Prometheus exposition, by sample name."""
     samples: dict[str, list[dict[str, str]]] = {}
     for family in text_string_to_metric_families(exposition):
         for sample in family.samples:
             samples.setdefault(sample.name, []).append(dict(sample.labels))
+    return samples
 
-    queries = dashboard_queries()
-    assert len(queries) >= 6
+
+def check_queries(queries: list[tuple[str, str]], exposition: str) -> None:
+    """Every metric, label matcher and grouping label of ``queries`` is in ``exposition``, and
+    their legends name only labels they group by."""
+    samples = exposition_samples(exposition)
     for expr, legend in queries:
         selectors, grouping = parse_promql(expr)
         assert selectors, f"no metric found in {expr}"
@@ -398,6 +448,64 @@ async def test_every_metric_the_dashboard_queries_is_in_the_demos_exposition() -
         if grouping:
             legend_labels = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", legend))
             assert legend_labels <= grouping, f"legend {legend!r} names labels not grouped by"
+
+
+async def test_the_shared_cache_rows_queries_match_credentials_that_share_a_cache(
+    tmp_path: Path,
+) -> None:
+    """Three credentials of one identity, sharing a cache, each take their token from a
+    different origin: the first from the endpoint (its response held), the second from the
+    first's refresh, which it waits for, the third from the stored entry. Their exposition must
+    hold every metric and label the shared cache row queries."""
+    scope = "https://vault.azure.net/.default"
+    registry = CollectorRegistry()  # not the global one: nothing outlives the test
+    provider = MeterProvider(metric_readers=[PrometheusMetricReader(registry=registry)])
+    waiting = asyncio.Event()
+
+    async def sleep(seconds: float) -> None:  # the second credential's: the lock is held
+        waiting.set()
+        await asyncio.sleep(seconds)
+
+    async with Emulator() as emulator:  # the real clock: the shared entries' times are real
+        register_emulator(emulator)
+        options: dict[str, Any] = {
+            "environ": emulator.environ("imds"),
+            "shared_cache": str(tmp_path / "cache"),
+            "meter_provider": provider,
+        }
+        refresher = ManagedIdentityCredential(**options)
+        waiter = ManagedIdentityCredential(**options, sleep=sleep)
+        reader = ManagedIdentityCredential(**options)
+        try:
+            with emulator.hold():
+                refreshed = asyncio.ensure_future(refresher.get_token(scope))
+                await emulator.wait_for_requests(1)  # the refresher holds the lock
+                waited = asyncio.ensure_future(waiter.get_token(scope))
+                await asyncio.wait_for(waiting.wait(), DEMO_BOUND)
+            tokens = await asyncio.wait_for(asyncio.gather(refreshed, waited), DEMO_BOUND)
+            tokens.append(await reader.get_token(scope))
+        finally:
+            for credential in (refresher, waiter, reader):
+                await credential.close()
+        assert len({token.token for token in tokens}) == 1
+        assert len(emulator.requests) == 1
+    exposition = generate_latest(registry).decode()
+    provider.shutdown()
+
+    samples = exposition_samples(exposition)
+    origins = {
+        labels["mi_credential_token_origin"]
+        for labels in samples["mi_credential_token_refreshes_total"]
+    }
+    assert origins == {
+        telemetry.ORIGIN_ENDPOINT,
+        telemetry.ORIGIN_SHARED_CACHE,
+        telemetry.ORIGIN_SHARED_REFRESH,
+    }
+    assert "mi_credential_shared_cache_lock_waits_total" in samples
+    queries = dashboard_queries(SHARED_CACHE_ROW)
+    assert len(queries) >= 2
+    check_queries(queries, exposition)
 
 
 # -- OTLP/HTTP to a collector ---------------------------------------------------------------------
