@@ -146,8 +146,9 @@ def test_other_identity_faults_from_json() -> None:
     )
     with pytest.raises(ValueError, match="identity must be an object"):
         Fault.from_json({"action": "other_identity", "identity": "c"})
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError, match="identity must be an object of client_id") as caught:
         Fault.from_json({"action": "other_identity", "identity": {"client_id": "c"}})
+    assert getattr(caught.value, "field", None) == "identity"
 
 
 async def test_other_identity_faults_over_http(

@@ -1,14 +1,25 @@
 """The emulator's admin API under ``/emulator/``: its published key and CA, its request log,
-its scripted faults and the environment of each source."""
+its scripted faults and the environment of each source.
+
+Like every route of the emulator it answers loopback names only (see
+:mod:`~mi_credential.emulator._guard`). A body must be JSON, of at most 256 KiB (see
+:mod:`~mi_credential.emulator._schema`); a refusal is JSON too: ``error``, and the ``field``
+(and the ``index`` of the fault in a posted list) it is about.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from . import _crypto
 from ._faults import Fault
+from ._guard import answer_and_close
+from ._schema import InvalidInput, read_json
+
+#: The most faults that may be pending (not used up) when more are posted.
+MAX_FAULTS = 1000
 
 if TYPE_CHECKING:
     from ._server import Emulator
@@ -56,13 +67,30 @@ class AdminApi:
         )
 
     async def _add_fault(self, request: web.Request) -> web.Response:
+        """Add a fault, or a list of them: all of them, or none if one is refused. Faults that
+        are used up are dropped from the list first."""
         try:
-            data = await request.json()
-            faults = data if isinstance(data, list) else [data]
-            added = [self._emulator.add_fault(Fault.from_json(item)) for item in faults]
-        except (ValueError, TypeError) as exc:
-            return web.json_response({"error": str(exc)}, status=400)
-        return web.json_response({"added": len(added)}, status=201)
+            data = await read_json(request)
+        except InvalidInput as exc:
+            response = web.json_response(exc.body(), status=exc.status)
+            await answer_and_close(request, response)
+            return response
+        items: list[Any] = data if isinstance(data, list) else [data]
+        faults = []
+        for index, item in enumerate(items):
+            try:
+                faults.append(Fault.from_json(item))
+            except InvalidInput as exc:
+                body = exc.body(index if isinstance(data, list) else None)
+                return web.json_response(body, status=exc.status)
+        pending = self._emulator.faults
+        pending[:] = [f for f in pending if f.times is None or f.times > 0]
+        if len(pending) + len(faults) > MAX_FAULTS:
+            error = f"at most {MAX_FAULTS} faults may be pending: DELETE /emulator/faults first"
+            return web.json_response({"error": error}, status=400)
+        for fault in faults:
+            self._emulator.add_fault(fault)
+        return web.json_response({"added": len(faults)}, status=201)
 
     async def _clear_faults(self, request: web.Request) -> web.Response:
         self._emulator.faults.clear()

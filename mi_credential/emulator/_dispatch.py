@@ -1,7 +1,8 @@
 """How the emulator serves one token request, whatever the source: record it, hold it while the
 gate is closed, add the configured latency, act out a scripted fault or let the source's endpoint
 answer (for another identity, under an ``other_identity`` fault), then record the status and
-write the response."""
+write the response. A request whose query string or form is malformed is recorded and refused
+at once (400, in the source's shape): no hold, latency or fault applies to it."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from aiohttp import web
 
 from .._models import ManagedIdentitySource
 from ._faults import RecordedRequest, misbehave, take_fault
-from ._handlers import Reject, serving_as
+from ._guard import MalformedRequest, answer_and_close, check_query, read_form
+from ._handlers import serving_as
 from ._identities import EmulatedIdentity
 from ._recording import Gate, RequestLog
+from ._refusals import Reject, bad_request
 
 if TYPE_CHECKING:
     from ._server import Emulator
@@ -31,7 +34,7 @@ class Dispatcher:
     def __init__(self, emulator: Emulator) -> None:
         self._emulator = emulator
         self.gate = Gate()
-        self.log = RequestLog(self.gate)
+        self.log = RequestLog(self.gate, emulator.history)
         self._closing = asyncio.Event()
 
     def close(self) -> None:
@@ -45,9 +48,12 @@ class Dispatcher:
         """The aiohttp handler of ``source``'s token route."""
 
         async def serve(request: web.Request) -> web.StreamResponse:
-            form = None
-            if request.method == "POST":
-                form = tuple((k, str(v)) for k, v in (await request.post()).items())
+            form, problem = None, None
+            try:
+                form = await read_form(request)
+                check_query(request)
+            except MalformedRequest as exc:
+                problem = str(exc)
             record = RecordedRequest(
                 source=source.value,
                 method=request.method,
@@ -58,10 +64,15 @@ class Dispatcher:
                 time=self._emulator.clock(),
             )
             self.log.add(record)
-            await self.gate.pass_through()
-            response = await self._respond(source, request, record, handler)
+            if problem is not None:
+                response: web.StreamResponse = _refusal(bad_request(source, problem))
+            else:
+                await self.gate.pass_through()
+                response = await self._respond(source, request, record, handler)
             record = self.log.answer(record, response.status)
             try:
+                if problem is not None:
+                    await answer_and_close(request, response)
                 await _send(request, response)
             finally:
                 self.log.written(record)
@@ -94,9 +105,13 @@ class Dispatcher:
             with serving_as(served_as):
                 body = await handler(request, record)
         except Reject as reject:
-            return web.json_response(reject.body, status=reject.status, headers=reject.headers)
+            return _refusal(reject)
         emulator.issued_tokens.append(body["access_token"])
         return web.json_response(body)
+
+
+def _refusal(reject: Reject) -> web.Response:
+    return web.json_response(reject.body, status=reject.status, headers=reject.headers)
 
 
 async def _send(request: web.Request, response: web.StreamResponse) -> None:

@@ -6,14 +6,12 @@ import asyncio
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any
 
 from aiohttp import web
 
 from ._identities import EmulatedIdentity
-
-Action = Literal["respond", "drop", "reset", "hang", "other_identity"]
-_ACTIONS = get_args(Action)
+from ._schema import Action, fault_fields
 
 
 @dataclass
@@ -150,31 +148,14 @@ class Fault:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Fault:
-        """A fault from the admin route's JSON."""
-        known = {
-            "source",
-            "action",
-            "status",
-            "headers",
-            "body",
-            "content_type",
-            "delay",
-            "times",
-            "identity",
-        }
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown fault fields: {', '.join(sorted(unknown))}")
-        fields = dict(data)
-        identity = fields.pop("identity", None)
-        if identity is not None:
-            if not isinstance(identity, Mapping):
-                raise ValueError("identity must be an object")
-            fields["identity"] = EmulatedIdentity(**identity)
-        fault = cls(**fields)
-        if fault.action not in _ACTIONS:
-            raise ValueError(f"unknown action {fault.action!r}")
-        return fault
+        """A fault from the admin route's JSON, every field checked (see
+        :mod:`~mi_credential.emulator._schema`).
+
+        Raises:
+            ValueError: An unknown field, or a field of the wrong type or range; its ``field``
+                attribute names it.
+        """
+        return cls(**fault_fields(data))
 
 
 def take_fault(faults: Sequence[Fault], source: str) -> Fault | None:

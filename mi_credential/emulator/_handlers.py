@@ -26,6 +26,13 @@ from .._constants import (
 from . import _crypto
 from ._faults import RecordedRequest
 from ._identities import FEDERATED_AUDIENCE, FEDERATED_SUBJECT, EmulatedIdentity
+from ._refusals import (
+    Reject,
+    app_service_error,
+    entra_error,
+    invalid_request,
+    service_fabric_error,
+)
 
 if TYPE_CHECKING:
     from ._server import Emulator
@@ -36,18 +43,6 @@ _IMDS_SELECTORS = {"client_id": _C, "object_id": _O, "msi_res_id": _R, "mi_res_i
 _APP_SERVICE_SELECTORS = {"client_id": _C, "object_id": _O, "principal_id": _O, "mi_res_id": _R}
 _AZURE_ARC_SELECTORS = {"client_id": _C, "object_id": _O, "msi_res_id": _R}
 _AZURE_ML_SELECTORS = {"clientid": _C, "object_id": _O, "msi_res_id": _R}
-
-
-class Reject(Exception):
-    """A request the endpoint refuses, with its status and JSON body."""
-
-    def __init__(
-        self, status: int, body: Mapping[str, Any], headers: Mapping[str, str] | None = None
-    ) -> None:
-        super().__init__(status)
-        self.status = status
-        self.body = body
-        self.headers = dict(headers or {})
 
 
 ErrorFactory = Callable[[str], Reject]
@@ -67,14 +62,9 @@ def serving_as(identity: EmulatedIdentity | None) -> Iterator[None]:
         _served_as.reset(reset)
 
 
-def _invalid_request(description: str) -> Reject:
-    """The OAuth-style refusal of IMDS, Azure Arc, Azure ML and Cloud Shell."""
-    return Reject(400, {"error": "invalid_request", "error_description": description})
-
-
 def _require_metadata(request: web.Request) -> None:
     if request.headers.get("Metadata") != "true":
-        raise _invalid_request("Required metadata header not specified")
+        raise invalid_request("Required metadata header not specified")
 
 
 def _require_api_version(request: web.Request, version: str, error: ErrorFactory) -> None:
@@ -112,7 +102,8 @@ class Endpoints:
     def __init__(self, emulator: Emulator) -> None:
         self._emulator = emulator
         self.arc_keys: dict[str, str] = {}
-        """Every Azure Arc challenge key handed out -> the file it was written to."""
+        """The Azure Arc challenge keys handed out -> the file each was written to: the latest
+        ``history`` of them (an older key, and its file, are gone)."""
 
     # -- tokens ---------------------------------------------------------------------------------
 
@@ -184,9 +175,14 @@ class Endpoints:
     # -- the endpoints --------------------------------------------------------------------------
 
     async def imds(self, request: web.Request, record: RecordedRequest) -> dict[str, Any]:
+        if "X-Forwarded-For" in request.headers:  # IMDS answers no request a proxy forwarded
+            raise invalid_request(
+                "Bad request: the request has an X-Forwarded-For header. IMDS does not answer "
+                "requests forwarded by a proxy."
+            )
         _require_metadata(request)
-        _require_api_version(request, IMDS_API_VERSION, _invalid_request)
-        resource, identity = self._resource_and_identity(request, _IMDS_SELECTORS, _invalid_request)
+        _require_api_version(request, IMDS_API_VERSION, invalid_request)
+        resource, identity = self._resource_and_identity(request, _IMDS_SELECTORS, invalid_request)
         body = self.token(resource, identity)
         body["client_id"] = identity.client_id
         return body
@@ -196,12 +192,7 @@ class Endpoints:
             message = "Unauthorized: X-IDENTITY-HEADER is missing or invalid."
             raise Reject(401, {"statusCode": 401, "message": message})
 
-        def error(description: str) -> Reject:
-            return Reject(
-                400,
-                {"statusCode": 400, "message": description, "correlationId": str(uuid.uuid4())},
-            )
-
+        error = app_service_error
         _require_api_version(request, APP_SERVICE_API_VERSION, error)
         resource = _require_resource(request.query.get("resource"), error)
         identity = self._identity(
@@ -215,18 +206,18 @@ class Endpoints:
 
     async def azure_arc(self, request: web.Request, record: RecordedRequest) -> dict[str, Any]:
         _require_metadata(request)
-        _require_api_version(request, AZURE_ARC_API_VERSION, _invalid_request)
+        _require_api_version(request, AZURE_ARC_API_VERSION, invalid_request)
         authorization = request.headers.get("Authorization")
         if authorization is None:
             raise self._arc_challenge()
         scheme, _, key = authorization.partition(" ")
         if scheme != "Basic" or key not in self.arc_keys:
             raise Reject(401, {"error": "unauthorized", "error_description": "Invalid key"})
-        resource = _require_resource(request.query.get("resource"), _invalid_request)
+        resource = _require_resource(request.query.get("resource"), invalid_request)
         selectors = _selectors(request, _AZURE_ARC_SELECTORS)
         if not self._emulator.arc_echo_identity:
             selectors = {}
-        identity = self._identity(selectors, _invalid_request)
+        identity = self._identity(selectors, invalid_request)
         body = self.token(resource, identity)
         body["client_id"] = identity.client_id
         if selectors:
@@ -242,6 +233,11 @@ class Endpoints:
         with os.fdopen(descriptor, "w") as handle:
             handle.write(key)
         self.arc_keys[key] = path
+        history = self._emulator.history
+        while history is not None and len(self.arc_keys) > history:  # the oldest key goes
+            old_key = next(iter(self.arc_keys))
+            with contextlib.suppress(OSError):
+                os.remove(self.arc_keys.pop(old_key))
         return Reject(
             401,
             {"error": "unauthorized", "error_description": "Key required"},
@@ -251,9 +247,9 @@ class Endpoints:
     async def azure_ml(self, request: web.Request, record: RecordedRequest) -> dict[str, Any]:
         if request.headers.get("secret") != self._emulator.secret:
             raise Reject(401, {"error": "unauthorized", "error_description": "Invalid secret"})
-        _require_api_version(request, AZURE_ML_API_VERSION, _invalid_request)
+        _require_api_version(request, AZURE_ML_API_VERSION, invalid_request)
         resource, identity = self._resource_and_identity(
-            request, _AZURE_ML_SELECTORS, _invalid_request
+            request, _AZURE_ML_SELECTORS, invalid_request
         )
         token = self.token(resource, identity)
         expires_on: str = token["expires_on"]
@@ -264,10 +260,10 @@ class Endpoints:
 
     async def cloud_shell(self, request: web.Request, record: RecordedRequest) -> dict[str, Any]:
         _require_metadata(request)
-        resource = _require_resource(record.form_field("resource"), _invalid_request)
+        resource = _require_resource(record.form_field("resource"), invalid_request)
         system = _served_as.get() or self._emulator.system_identity
         if system is None:
-            raise _invalid_request("Identity not found")
+            raise invalid_request("Identity not found")
         token = self.token(resource, system)
         token.pop("ext_expires_in")
         return token
@@ -275,12 +271,7 @@ class Endpoints:
     async def service_fabric(
         self, request: web.Request, record: RecordedRequest
     ) -> dict[str, Any]:
-        def error(code: str, message: str, status: int = 400) -> Reject:
-            return Reject(
-                status,
-                {"error": {"correlationId": str(uuid.uuid4()), "code": code, "message": message}},
-            )
-
+        error = service_fabric_error
         if request.headers.get("Secret") != self._emulator.secret:
             raise error("SecretHeaderNotFound", "Secret is not found in the request headers.", 401)
         _require_api_version(
@@ -304,18 +295,7 @@ class Endpoints:
         """Microsoft Entra ID's token endpoint: a client credentials grant with the federated
         token as the client assertion (workload identity)."""
 
-        def error(code: str, description: str, status: int = 400) -> Reject:
-            return Reject(
-                status,
-                {
-                    "error": code,
-                    "error_description": description,
-                    "timestamp": datetime.now(timezone.utc).isoformat(),
-                    "trace_id": str(uuid.uuid4()),
-                    "correlation_id": str(uuid.uuid4()),
-                },
-            )
-
+        error = entra_error
         emulator = self._emulator
         tenant = request.match_info["tenant"]
         if tenant != emulator.tenant_id:

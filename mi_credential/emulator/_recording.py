@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import replace
 from types import TracebackType
+from typing import TypeVar
 
 from .._models import ManagedIdentitySource
 from ._faults import RecordedRequest
@@ -18,8 +19,37 @@ from ._faults import RecordedRequest
 #: Seconds :meth:`RequestLog.wait` waits by default (real time) before it gives up.
 DEFAULT_WAIT = 5.0
 
+#: How many token requests, issued tokens and Azure Arc keys an emulator keeps by default.
+DEFAULT_HISTORY = 10_000
+
 #: How many of the requests received a timeout's message lists (the latest).
 _LISTED = 20
+
+T = TypeVar("T")
+
+
+class Ring(list[T]):
+    """A list that keeps its latest ``size`` items (``None``: all of them) as :meth:`append`
+    adds more, the oldest going first; ``dropped`` counts those let go since the last
+    :meth:`clear`. Otherwise a plain list: it compares, copies and unpacks like one."""
+
+    def __init__(self, size: int | None) -> None:
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
+            raise ValueError("history must be a positive number of entries, or None.")
+        super().__init__()
+        self.size = size
+        self.dropped = 0
+
+    def append(self, item: T, /) -> None:
+        super().append(item)
+        if self.size is not None and len(self) > self.size:
+            excess = len(self) - self.size
+            del self[:excess]
+            self.dropped += excess
+
+    def clear(self) -> None:
+        super().clear()
+        self.dropped = 0
 
 
 class Gate:
@@ -67,11 +97,12 @@ class Gate:
 class RequestLog:
     """The token requests an emulator received, in arrival order, and waits on them.
 
-    ``entries`` is a plain list that tests read and may clear; every count is taken over what it
-    holds when a waiter is checked, so clearing it starts the counts again."""
+    ``entries`` is a list that tests read and may clear, holding the latest ``history`` requests
+    (a :class:`Ring`); every count is taken over what it holds when a waiter is checked, so
+    clearing it starts the counts again."""
 
-    def __init__(self, gate: Gate) -> None:
-        self.entries: list[RecordedRequest] = []
+    def __init__(self, gate: Gate, history: int | None = DEFAULT_HISTORY) -> None:
+        self.entries: Ring[RecordedRequest] = Ring(history)
         self._gate = gate
         self._writing: list[RecordedRequest] = []
         self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
@@ -159,6 +190,11 @@ class RequestLog:
             f"Waited {timeout:g} s for {count} {what}{plural}{scope}; the emulator has received "
             f"{len(seen)} token requests and written {len(self.responded(source))} responses."
         ]
+        if self.entries.dropped:
+            lines.append(
+                f"  (the log keeps the latest {self.entries.size}: "
+                f"{self.entries.dropped} older requests were let go)"
+            )
         if len(seen) > _LISTED:
             lines.append(f"  ... {len(seen) - _LISTED} earlier requests, then:")
         lines += [

@@ -22,6 +22,7 @@ from . import _crypto
 from ._admin import AdminApi, jwks
 from ._dispatch import Dispatcher
 from ._faults import Fault, RecordedRequest
+from ._guard import loopback_only
 from ._handlers import Endpoints
 from ._identities import (
     DEFAULT_TENANT_ID,
@@ -29,7 +30,7 @@ from ._identities import (
     EmulatedIdentity,
     federated_token,
 )
-from ._recording import DEFAULT_WAIT, Gate
+from ._recording import DEFAULT_HISTORY, DEFAULT_WAIT, Gate, Ring
 
 APP_SERVICE_PATH = "/msi/token"
 AZURE_ARC_PATH = "/arc/token"
@@ -55,6 +56,10 @@ class Emulator:
     and responses with :meth:`wait_for_requests` and :meth:`wait_for_responses`, and keep
     requests in flight with :meth:`hold`, instead of sleeping.
 
+    It answers only requests addressed to a loopback name (``Host`` ``localhost``, 127.x.y.z or
+    ``[::1]``, any port) and none from another site's web page: others get 403 (see
+    :mod:`~mi_credential.emulator._guard`).
+
     Args:
         clock: Wall clock for token times (default :func:`time.time`).
         token_lifetime: Seconds a token lives.
@@ -72,6 +77,11 @@ class Emulator:
         host: Address to listen on (loopback only).
         port: HTTP port (0: any free port).
         https_port: HTTPS port (0: any free port).
+        history: How many of the latest token requests (:attr:`requests`), access tokens
+            (:attr:`issued_tokens`) and Azure Arc keys it keeps (10 000 by default), so that a
+            long run stays within bounds; ``None`` keeps all of them. :meth:`secrets` lists
+            the tokens and keys kept: a test that issues more and scans for every one of them
+            passes a larger ``history`` or ``None``.
     """
 
     def __init__(
@@ -91,9 +101,13 @@ class Emulator:
         host: str = "127.0.0.1",
         port: int = 0,
         https_port: int = 0,
+        history: int | None = DEFAULT_HISTORY,
     ) -> None:
         if host not in ("127.0.0.1", "::1", "localhost"):
             raise ValueError("The emulator listens on loopback only.")
+        self.issued_tokens: Ring[str] = Ring(history)
+        """The access tokens issued, in order: the latest ``history`` of them."""
+        self.history = history
         self.clock = clock or time.time
         self.token_lifetime = token_lifetime
         self.refresh_in = refresh_in
@@ -128,22 +142,20 @@ class Emulator:
         self._cert_file = self._write("server.pem", tls.cert_pem)
         self._key_file = self._write("server.key", tls.key_pem)
         self.token_file = os.path.join(self._workdir, "federated-token")
-        self.issued_tokens: list[str] = []
-        """Every access token issued, in order."""
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> Emulator:
         """Start listening. Returns the emulator."""
         endpoints, route = self._endpoints, self._dispatcher.route
-        http_app = web.Application()
+        http_app = web.Application(middlewares=[loopback_only])
         http_app.router.add_get(IMDS_TOKEN_PATH, route(_S.IMDS, endpoints.imds))
         http_app.router.add_get(APP_SERVICE_PATH, route(_S.APP_SERVICE, endpoints.app_service))
         http_app.router.add_get(AZURE_ARC_PATH, route(_S.AZURE_ARC, endpoints.azure_arc))
         http_app.router.add_get(AZURE_ML_PATH, route(_S.AZURE_ML, endpoints.azure_ml))
         http_app.router.add_post(CLOUD_SHELL_PATH, route(_S.CLOUD_SHELL, endpoints.cloud_shell))
         AdminApi(self).add_routes(http_app)
-        https_app = web.Application()
+        https_app = web.Application(middlewares=[loopback_only])
         fabric = route(_S.SERVICE_FABRIC, endpoints.service_fabric)
         https_app.router.add_get(IMDS_TOKEN_PATH, fabric)
         https_app.router.add_post(ENTRA_TOKEN_PATH, route(_S.WORKLOAD_IDENTITY, endpoints.entra))
@@ -187,35 +199,7 @@ class Emulator:
 
     def environ(self, source: ManagedIdentitySource | str) -> dict[str, str]:
         """The environment variables that make a client use ``source`` at this emulator."""
-        source = ManagedIdentitySource(source)
-        if source is _S.IMDS:
-            return {Env.AZURE_POD_IDENTITY_AUTHORITY_HOST: self.http_url}
-        if source is _S.APP_SERVICE:
-            return {
-                Env.IDENTITY_ENDPOINT: self.http_url + APP_SERVICE_PATH,
-                Env.IDENTITY_HEADER: self.secret,
-            }
-        if source is _S.AZURE_ARC:
-            return {
-                Env.IDENTITY_ENDPOINT: self.http_url + AZURE_ARC_PATH,
-                Env.IMDS_ENDPOINT: self.http_url,
-            }
-        if source is _S.SERVICE_FABRIC:
-            return {
-                Env.IDENTITY_ENDPOINT: self.https_url + IMDS_TOKEN_PATH,
-                Env.IDENTITY_HEADER: self.secret,
-                Env.IDENTITY_SERVER_THUMBPRINT: self.thumbprint,
-            }
-        if source is _S.AZURE_ML:
-            return {Env.MSI_ENDPOINT: self.http_url + AZURE_ML_PATH, Env.MSI_SECRET: self.secret}
-        if source is _S.CLOUD_SHELL:
-            return {Env.MSI_ENDPOINT: self.http_url + CLOUD_SHELL_PATH}
-        return {
-            Env.AZURE_AUTHORITY_HOST: self.https_url,
-            Env.AZURE_TENANT_ID: self.tenant_id,
-            Env.AZURE_CLIENT_ID: self.workload_client_id,
-            Env.AZURE_FEDERATED_TOKEN_FILE: self.token_file,
-        }
+        return _environ(self, ManagedIdentitySource(source))
 
     def server_ssl_context(self) -> ssl.SSLContext:
         """A server-side TLS context with the emulator's certificate (for ``localhost``,
@@ -242,8 +226,8 @@ class Emulator:
 
     @property
     def requests(self) -> list[RecordedRequest]:
-        """Every token request received, in arrival order, with its status once answered.
-        Clear it to start counting again."""
+        """The token requests received, in arrival order, with their status once answered: the
+        latest ``history`` of them. Clear it to start counting again."""
         return self._log.entries
 
     def requests_for(self, source: ManagedIdentitySource | str) -> list[RecordedRequest]:
@@ -252,12 +236,14 @@ class Emulator:
 
     @property
     def issued(self) -> int:
-        """How many tokens were issued (successful token responses)."""
-        return len(self.issued_tokens)
+        """How many tokens were issued (successful token responses) since
+        :attr:`issued_tokens` was last cleared, including those it no longer keeps."""
+        return len(self.issued_tokens) + getattr(self.issued_tokens, "dropped", 0)
 
     def secrets(self) -> list[str]:
-        """Every secret this emulator handed out: the endpoint secret, access tokens, Arc keys
-        and the federated token. None of them may ever appear in a log, span or message."""
+        """The secrets this emulator handed out: the endpoint secret, the access tokens and Arc
+        keys it keeps (the latest ``history``) and the federated token. None of them may ever
+        appear in a log, span or message."""
         values = [self.secret, *self.issued_tokens, *self._endpoints.arc_keys]
         if os.path.exists(self.token_file):
             with open(self.token_file, encoding="utf-8") as handle:
@@ -354,3 +340,38 @@ async def _listen(runner: web.AppRunner, host: str, port: int, ctx: ssl.SSLConte
     assert sockets
     bound: int = sockets[0].getsockname()[1]
     return bound
+
+
+def _environ(emulator: Emulator, source: ManagedIdentitySource) -> dict[str, str]:
+    """The environment variables that make a client use ``source`` at ``emulator``."""
+    if source is _S.IMDS:
+        return {Env.AZURE_POD_IDENTITY_AUTHORITY_HOST: emulator.http_url}
+    if source is _S.APP_SERVICE:
+        return {
+            Env.IDENTITY_ENDPOINT: emulator.http_url + APP_SERVICE_PATH,
+            Env.IDENTITY_HEADER: emulator.secret,
+        }
+    if source is _S.AZURE_ARC:
+        return {
+            Env.IDENTITY_ENDPOINT: emulator.http_url + AZURE_ARC_PATH,
+            Env.IMDS_ENDPOINT: emulator.http_url,
+        }
+    if source is _S.SERVICE_FABRIC:
+        return {
+            Env.IDENTITY_ENDPOINT: emulator.https_url + IMDS_TOKEN_PATH,
+            Env.IDENTITY_HEADER: emulator.secret,
+            Env.IDENTITY_SERVER_THUMBPRINT: emulator.thumbprint,
+        }
+    if source is _S.AZURE_ML:
+        return {
+            Env.MSI_ENDPOINT: emulator.http_url + AZURE_ML_PATH,
+            Env.MSI_SECRET: emulator.secret,
+        }
+    if source is _S.CLOUD_SHELL:
+        return {Env.MSI_ENDPOINT: emulator.http_url + CLOUD_SHELL_PATH}
+    return {
+        Env.AZURE_AUTHORITY_HOST: emulator.https_url,
+        Env.AZURE_TENANT_ID: emulator.tenant_id,
+        Env.AZURE_CLIENT_ID: emulator.workload_client_id,
+        Env.AZURE_FEDERATED_TOKEN_FILE: emulator.token_file,
+    }
