@@ -1,24 +1,33 @@
 """Send a :class:`TokenRequest` with aiohttp and return a :class:`RawResponse`.
 
-The only module that imports aiohttp. Its session is created lazily inside the running event
-loop, is never shared with the application's sessions, trusts no proxy environment variables,
-keeps no cookies, never follows redirects (a redirect would carry the secret headers elsewhere),
-and runs no client middleware (so an application's signing middleware cannot recurse into token
-acquisition). aiohttp and timeout errors become :class:`TransportError`, which the credential
-turns into its own typed errors.
+The only module that sends with aiohttp (:mod:`._isolation` and :mod:`._body` are its parts).
+Its session is created lazily inside the running event loop, is never shared with the
+application's sessions, trusts no proxy environment variables, keeps no cookies, never follows
+redirects (a redirect would carry the secret headers elsewhere), and runs no client middleware
+of the application's (so an application's signing middleware cannot recurse into token
+acquisition). A request through an application's session (``session=``) is kept as independent
+of that session's settings (:mod:`._isolation`). A body is read within
+:data:`MAX_RESPONSE_BYTES` decoded bytes (:mod:`._body`). aiohttp and timeout errors become
+:class:`TransportError`, which the credential turns into its own typed errors; none references
+aiohttp's exception, nor through it the request and its secret headers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import time
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote_plus
 
+from ._body import read_body
 from ._constants import MAX_RESPONSE_BYTES
+from ._errors import scrub
+from ._isolation import Isolation, failure
+from ._isolation import TransportError as TransportError  # where the credential finds it
 from ._models import RawResponse, TokenRequest
 
 if TYPE_CHECKING:
@@ -28,27 +37,6 @@ if TYPE_CHECKING:
 
 # aiohttp is imported on first use, not with the package: it is most of the import cost, and a
 # process whose tokens come from the cache never needs it.
-
-
-class TransportError(Exception):
-    """The endpoint did not answer usefully. Internal: never escapes the credential.
-
-    Attributes:
-        description: What happened, safe to show (no secrets).
-        retryable: Whether another attempt may succeed.
-        connect: The connection was never established (refused, unreachable, timed out): the
-            endpoint may not exist at all.
-        timed_out: The failure was a timeout.
-    """
-
-    def __init__(
-        self, description: str, *, retryable: bool, connect: bool = False, timed_out: bool = False
-    ) -> None:
-        super().__init__(description)
-        self.description = description
-        self.retryable = retryable
-        self.connect = connect
-        self.timed_out = timed_out
 
 
 @functools.lru_cache(maxsize=1)
@@ -270,7 +258,7 @@ class Transport:
     async def send(
         self, request: TokenRequest, *, timeout: float, connect_timeout: float | None = None
     ) -> RawResponse:
-        """Send ``request``, read at most :data:`MAX_RESPONSE_BYTES` of the body.
+        """Send ``request``, read at most :data:`MAX_RESPONSE_BYTES` of the body (decoded).
 
         Args:
             request: What to send.
@@ -281,15 +269,18 @@ class Transport:
         Raises:
             TransportError: No usable response.
         """
-        import aiohttp
+        entered = time.monotonic()
+        import aiohttp  # the first time, this (and a TLS context) takes a while: see below
         from yarl import URL
 
         session = self._get_session()
-        request_headers = dict(request.headers)
+        if session.closed:
+            raise TransportError("the session given as session= is closed", retryable=False)
+        headers = request.headers
         data: str | None = None
         if request.form is not None:
             data = "&".join(f"{quote_plus(k)}={quote_plus(v)}" for k, v in request.form)
-            request_headers["Content-Type"] = "application/x-www-form-urlencoded"
+            headers = (*headers, ("Content-Type", "application/x-www-form-urlencoded"))
         ssl_option: Any = self._ssl_option()
         if request.tls_thumbprint:
             pins = self._pins
@@ -304,63 +295,37 @@ class Transport:
         if connect_timeout is None or connect_timeout > self._connect_timeout:
             connect_timeout = self._connect_timeout
         client_timeout = aiohttp.ClientTimeout(
-            total=max(timeout, 0.001),
+            total=max(timeout - (time.monotonic() - entered), 0.001),
             sock_connect=connect_timeout,
             sock_read=self._read_timeout,
         )
+        # Every setting of the session that would change the exchange is set for the request.
+        isolation = Isolation(headers, session.headers if session is self._injected else ())
         try:
             async with session.request(
                 request.method,
                 URL(request.url, encoded=True),
-                headers=request_headers,
                 data=data,
                 allow_redirects=False,
                 ssl=ssl_option,
                 timeout=client_timeout,
-                middlewares=(),
+                middlewares=(isolation,),
+                raise_for_status=False,
+                auto_decompress=False,
+                read_until_eof=True,
+                **_response_limits(),
             ) as response:
-                body, truncated = await _read_bounded(response)
+                body = await read_body(response, MAX_RESPONSE_BYTES)
                 return RawResponse(
                     status=response.status,
-                    reason=response.reason or "",
+                    reason=scrub(response.reason or "", request.secrets),
                     headers=response.headers,  # case-insensitive, immutable
-                    body=body,
-                    truncated=truncated,
+                    body=body.data,
+                    truncated=body.too_large,
                 )
-        except aiohttp.ServerFingerprintMismatch:
-            raise TransportError(
-                "the server certificate does not match IDENTITY_SERVER_THUMBPRINT",
-                retryable=False,
-            ) from None
-        except aiohttp.ClientConnectorCertificateError as exc:
-            raise TransportError(
-                f"the server certificate was not trusted: {exc.certificate_error}",
-                retryable=False,
-            ) from exc
-        except aiohttp.ClientSSLError as exc:
-            raise TransportError(f"TLS failed: {_reason(exc)}", retryable=False) from exc
-        except aiohttp.ClientConnectorError as exc:
-            raise TransportError(
-                f"connection failed: {_reason(exc)}", retryable=True, connect=True
-            ) from exc
-        except aiohttp.ConnectionTimeoutError as exc:
-            raise TransportError(
-                "timed out connecting", retryable=True, connect=True, timed_out=True
-            ) from exc
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise TransportError("timed out", retryable=True, timed_out=True) from exc
-        except aiohttp.ServerDisconnectedError as exc:
-            raise TransportError(
-                "the server closed the connection without answering", retryable=True
-            ) from exc
-        except aiohttp.ClientPayloadError as exc:
-            raise TransportError("the response body was cut off", retryable=True) from exc
-        except aiohttp.ClientError as exc:
-            raise TransportError(f"{type(exc).__name__}: {_reason(exc)}", retryable=True) from exc
-        except (ValueError, UnicodeError) as exc:
-            raise TransportError(
-                f"the request could not be sent: {type(exc).__name__}", retryable=False
-            ) from exc
+        except Exception as exc:  # whatever it is, the credential raises its own typed error
+            error = failure(exc, request.secrets)
+        raise error  # outside the handler: no __context__ leads back to aiohttp's exception
 
     async def close(self) -> None:
         """Close the shared session of the running loop if no request is running on it."""
@@ -370,27 +335,14 @@ class Transport:
                 await shared.close_if_idle()
 
 
-async def _read_bounded(response: aiohttp.ClientResponse) -> tuple[bytes, bool]:
-    length = response.content_length
-    if length is not None:
-        if length > MAX_RESPONSE_BYTES:
-            response.close()
-            return b"", True
-        return await response.read(), False  # the length is known and small
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.content.iter_chunked(64 * 1024):
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > MAX_RESPONSE_BYTES:
-            response.close()
-            return b"", True
-    return b"".join(chunks), False
+@functools.lru_cache(maxsize=1)
+def _response_limits() -> dict[str, Any]:
+    """aiohttp's defaults, set per request so that a session's own cannot loosen them."""
+    import inspect
 
+    import aiohttp
 
-def _reason(exc: BaseException) -> str:
-    """The OS-level reason of a connection error, without aiohttp's request details."""
-    os_error = getattr(exc, "os_error", None)
-    if isinstance(os_error, OSError) and os_error.strerror:
-        return os_error.strerror
-    return str(exc) or type(exc).__name__
+    limits: dict[str, Any] = {"read_bufsize": 2**16, "max_line_size": 8190, "max_field_size": 8190}
+    if "max_headers" in inspect.signature(aiohttp.ClientSession._request).parameters:
+        limits["max_headers"] = 128  # aiohttp 3.13.4 and later
+    return limits
