@@ -119,29 +119,38 @@ class Acquirer:
             reason: Why (``initial``, ``expired``, ``proactive``, ``claims``), for telemetry.
             cache_result: What the cache found (``miss``, ``stale``), for telemetry.
             store: The shared cache to go through, if any: its token while good, else the
-                endpoint's, by one process at a time (waited for no longer than the deadline).
+                endpoint's, by one process at a time. Another process's refresh is waited for
+                half the deadline at most; the rest is this process's own, if it must ask.
 
         Raises:
             ManagedIdentityError: No token within the deadline.
         """
         record = self.recorder.start_acquisition(target.label, reason, cache_result)
+        deadline = self._monotonic() + self._timeout  # one deadline, however the token comes
         try:
             async with transport.lease():
                 if store is None:
-                    parsed = await self._attempts(transport, target, claims, record)
+                    parsed = await self._attempts(transport, target, claims, record, deadline)
                 else:
                     shared = await through(
                         store,
                         target,
-                        functools.partial(self._attempts, transport, target, claims, record),
+                        functools.partial(
+                            self._attempts, transport, target, claims, record, deadline
+                        ),
                         now=self._now,
                         monotonic=self._monotonic,
                         sleep=self._sleep,
-                        bound=self._timeout,
+                        bound=self._timeout / 2,
                         stale_ok=cache_result == "miss",
                     )
                     parsed = shared.token
                     self.recorder.note_shared(record, shared.origin, shared.waited)
+        except ManagedIdentityError as exc:
+            self.recorder.finish_acquisition(record, exc)
+            # The frames below hold the request, secret headers and all, as locals: error
+            # reporters that capture locals (Sentry, by default) must not find them.
+            raise exc.with_traceback(None)  # noqa: B904 - the same exception, not another
         except BaseException as exc:
             self.recorder.finish_acquisition(record, exc)
             raise
@@ -158,12 +167,16 @@ class Acquirer:
         return parsed
 
     async def _attempts(
-        self, transport: Transport, target: Target, claims: str | None, record: Acquisition
+        self,
+        transport: Transport,
+        target: Target,
+        claims: str | None,
+        record: Acquisition,
+        deadline: float,
     ) -> ParsedToken:
         source = self._source
         policy = source.retry_policy
         start = self._monotonic()
-        deadline = start + self._timeout
         contact = self._contact
         if contact is not None:  # a verdict on first contact is remembered for a while
             remembered = contact.remembered(start)
@@ -276,8 +289,8 @@ class Acquirer:
                     reply = await self._send(
                         transport, request, deadline, connect_timeout, resend_count, record
                     )
-                except TransportError as exc:
-                    return request, exc
+                except TransportError as exc:  # its frames hold the request: not kept
+                    return request, exc.with_traceback(None)
         except StopIteration as stop:
             assert request is not None, "a flow sends at least one request"
             return request, stop.value

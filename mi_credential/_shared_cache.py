@@ -242,7 +242,7 @@ class FileTokenStore:
             path = os.path.join(self._directory, name + ".lock")
             lock = self._locks[name] = filelock.FileLock(path, mode=0o600, thread_local=False)
         try:
-            lock.acquire(timeout=0)
+            lock.acquire(timeout=0, blocking=False)
         except filelock.Timeout:
             return False
         except Exception as exc:  # no lock to be had: refresh without one rather than not at all

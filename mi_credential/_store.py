@@ -27,8 +27,8 @@ _logger = logging.getLogger("mi_credential")
 __all__ = ["ENDPOINT", "SHARED_CACHE", "SHARED_REFRESH", "Shared", "TokenStore", "through"]
 
 #: Seconds between tries of a held lock: the first, and the longest.
-LOCK_POLL_FIRST = 0.005
-LOCK_POLL_MAX = 0.05
+LOCK_POLL_FIRST = 0.002
+LOCK_POLL_MAX = 0.02
 
 
 class TokenStore(Protocol):
@@ -91,7 +91,8 @@ async def through(
         now: Wall clock, epoch seconds (token times).
         monotonic: The clock the bound is measured with.
         sleep: Waits between tries of a held lock.
-        bound: Seconds to wait for another process's refresh before asking the endpoint.
+        bound: Seconds to wait for another process's refresh before asking the endpoint
+            (the credential gives half its deadline).
         stale_ok: A stored token past its refresh time but still valid beyond the mandatory
             margin will do (a miss: served stale, as the in-process cache does). A background
             refresh wants a fresh one.

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import filelock
 import pytest
 from azure.core.exceptions import ClientAuthenticationError
 from opentelemetry.sdk.metrics import MeterProvider
@@ -22,14 +23,14 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from mi_credential import ManagedIdentityCredential
+from mi_credential import ManagedIdentityCredential, TokenRequestError
 from mi_credential._models import ParsedToken
 from mi_credential._shared_cache import (
     ENVIRONMENT_VARIABLE,
     default_directory,
     encode_entry,
 )
-from mi_credential.emulator import Emulator
+from mi_credential.emulator import Emulator, Fault
 
 from .conftest import CredentialFactory, FakeClock
 
@@ -415,3 +416,22 @@ async def test_telemetry_says_where_the_token_came_from(
     assert waits.value == 1
     tracer_provider.shutdown()
     meter_provider.shutdown()
+
+
+async def test_the_timeout_bounds_the_wait_and_the_requests_together(
+    make_credential: CredentialFactory, emulator: Emulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    """A hung holder of the lock and a failing endpoint: the caller still has its answer
+    within ``timeout``, the wait for the holder included."""
+    await make_credential("imds", shared_cache=str(tmp_path)).get_token(SCOPE)
+    (entry,) = entries(tmp_path)
+    entry.unlink()
+    emulator.add_fault(Fault.status_code(503, times=None))
+    holder = filelock.FileLock(str(entry.with_suffix(".lock")), thread_local=False)
+    credential = make_credential("imds", shared_cache=str(tmp_path), timeout=10)
+    with holder.acquire(timeout=0):
+        start = clock()
+        with pytest.raises(TokenRequestError):
+            await credential.get_token(SCOPE)
+    assert 5 <= clock() - start <= 10.5  # half waiting for the holder, the rest asking
+    assert requests(emulator) > 1

@@ -319,3 +319,36 @@ async def test_nothing_but_typed_errors_escape(
             assert_clean(everything_said(error))
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
+
+
+def serialised(value: object, depth: int = 4) -> list[str]:
+    """What a reporter's serialiser takes from a local: its repr, and the items of containers
+    (tuples, NamedTuples among them, lists, sets, dicts), a few levels deep."""
+    texts = [repr(value)]
+    if depth and isinstance(value, (tuple, list, set, frozenset)):
+        for item in value:
+            texts += serialised(item, depth - 1)
+    elif depth and isinstance(value, dict):
+        for key, item in value.items():
+            texts += [repr(key), *serialised(item, depth - 1)]
+    return texts
+
+
+@pytest.mark.parametrize("status", [403, 500])
+async def test_no_frame_of_the_traceback_holds_the_identity_header(
+    endpoint: Endpoint, clock: FakeClock, status: int
+) -> None:
+    """Error reporters that capture local variables (Sentry does by default) find no secret
+    in any frame of the traceback, nor of any cause's."""
+    endpoint.handler = respond(status, body=b'{"error": "refused"}')
+    error = await failure(endpoint, clock)
+    current: BaseException | None = error
+    frames = 0
+    while current is not None:
+        for frame, _ in traceback.walk_tb(current.__traceback__):
+            frames += 1
+            for name, value in frame.f_locals.items():
+                for text in serialised(value):
+                    assert SECRET not in text, f"{frame.f_code.co_name}: {name}"
+        current = current.__cause__ or current.__context__
+    assert frames  # the caller's frames are there: what is kept is still a traceback
