@@ -18,7 +18,7 @@ import sys
 
 from ._harness import Row, print_table, write_json
 
-MODULES = ("credential", "availability", "aiohttp", "asgi", "azure_core")
+MODULES = ("credential", "availability", "aiohttp", "asgi", "azure_core", "shared_cache")
 
 
 async def run_all(names: list[str], quick: bool) -> list[Row]:

@@ -2,8 +2,9 @@
 
 Runs in its own process (``python -m benchmarks._fake_endpoint --latency 0.005``) so that its work
 is not measured with the client's: it prints ``PORT <n>`` once listening. Each token it issues is
-unique, so clients' results can be told apart; ``GET /count`` returns how many it issued and
-``POST /reset`` zeroes that.
+unique, so clients' results can be told apart; ``GET /count`` returns how many it issued,
+``GET /received`` how many token requests it received (rejected ones too), and ``POST /reset``
+zeroes both.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ SECRET = "bench-identity-header"
 
 
 def make_app(latency: float) -> web.Application:
-    state = {"count": 0}
+    state = {"count": 0, "received": 0}
 
     async def token(request: web.Request) -> web.Response:
+        state["received"] += 1
         if request.path.startswith("/metadata") and request.headers.get("Metadata") != "true":
             return web.json_response({"error": "invalid_request"}, status=400)
         if request.path == "/msi/token" and request.headers.get("X-IDENTITY-HEADER") != SECRET:
@@ -51,14 +53,18 @@ def make_app(latency: float) -> web.Application:
     async def count(request: web.Request) -> web.Response:
         return web.json_response(state["count"])
 
+    async def received(request: web.Request) -> web.Response:
+        return web.json_response(state["received"])
+
     async def reset(request: web.Request) -> web.Response:
-        state["count"] = 0
+        state["count"] = state["received"] = 0
         return web.json_response(0)
 
     app = web.Application()
     app.router.add_get("/metadata/identity/oauth2/token", token)
     app.router.add_get("/msi/token", token)
     app.router.add_get("/count", count)
+    app.router.add_get("/received", received)
     app.router.add_post("/reset", reset)
     return app
 

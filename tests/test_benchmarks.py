@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parents[1]
 
 
@@ -37,6 +39,8 @@ def test_quick_run_prints_the_table_and_writes_every_figure(tmp_path: Path) -> N
         "azure-core policy: per-request overhead, no-I/O transport",
         "chain fall-through without managed identity: nothing listens",
         "chain fall-through without managed identity: connects hang",
+        "shared cache: cold start of 4 worker processes, IMDS, 5 ms endpoint",
+        "shared cache: cold start of 8 worker processes, IMDS, 5 ms endpoint",
     ):
         assert expected in groups
     assert any(group.startswith("ASGI middleware") for group in groups)
@@ -55,3 +59,20 @@ def test_quick_run_prints_the_table_and_writes_every_figure(tmp_path: Path) -> N
             assert row["ours"] == 1
             assert row["baseline"] == size
     assert sizes == {1, 10, 100}
+
+    # Cold starts of worker processes sharing a cache directory: one request between them all,
+    # one token for all; the reference's processes make one request each.
+    starts = [row for row in rows if row["group"].startswith("shared cache: cold start of")]
+    sizes = set()
+    for row in starts:
+        match = re.match(r"shared cache: cold start of (\d+) worker processes", row["group"])
+        assert match is not None
+        size = int(match.group(1))
+        sizes.add(size)
+        if row["name"].startswith(("endpoint requests (", "distinct tokens")):
+            assert row["ours"] == 1, row
+            assert row["baseline"] == size, row
+        elif row["name"].startswith("endpoint requests per process"):
+            assert row["ours"] == pytest.approx(1 / size), row
+            assert row["baseline"] == pytest.approx(1), row
+    assert sizes == {4, 8}
