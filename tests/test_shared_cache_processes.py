@@ -185,7 +185,7 @@ async def test_a_lock_held_past_the_bound_is_not_waited_for(
     entry.unlink()  # no token to read: the next worker must refresh
     lock = filelock.FileLock(str(entry.with_suffix(".lock")), thread_local=False)
     with lock.acquire(timeout=0):
-        (second,) = await spawn(1, fake_clock=False, timeout=0.5)
+        (second,) = await spawn(1, fake_clock=False, timeout=3)  # waits 1.5 s for the holder
         answer = await second.get(emulator.clock())
     assert "token" in answer, answer
     assert imds_requests(emulator) == 2
