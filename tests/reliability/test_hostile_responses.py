@@ -6,6 +6,7 @@ secret reaches any text. A real aiohttp server on 127.0.0.1 answers what each te
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import traceback
@@ -57,6 +58,13 @@ class Endpoint:
 
 @pytest.fixture
 async def endpoint() -> AsyncIterator[Endpoint]:
+    async with serve() as served:
+        yield served
+
+
+@contextlib.asynccontextmanager
+async def serve() -> AsyncIterator[Endpoint]:
+    """An :class:`Endpoint` on 127.0.0.1, for the block."""
     served = Endpoint()
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", served.dispatch)
@@ -66,8 +74,10 @@ async def endpoint() -> AsyncIterator[Endpoint]:
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     served.url = f"http://127.0.0.1:{port}/msi/token"
-    yield served
-    await runner.cleanup()
+    try:
+        yield served
+    finally:
+        await runner.cleanup()
 
 
 def credential_for(endpoint: Endpoint, clock: FakeClock, **kwargs: Any) -> ManagedIdentityCredential:
