@@ -414,6 +414,10 @@ async def test_telemetry_says_where_the_token_came_from(
     assert by_origin == {"endpoint": 2, "shared_cache": 1, "shared_refresh": 1}
     (waits,) = points["mi_credential.shared_cache.lock_waits"]
     assert waits.value == 1
+    recorded = [repr(dict(s.attributes or {})) + repr(s.events) for s in exporter.get_finished_spans()]
+    recorded += [repr(dict(p.attributes)) for series in points.values() for p in series]
+    for secret in emulator.secrets():
+        assert not any(secret in text for text in recorded)
     tracer_provider.shutdown()
     meter_provider.shutdown()
 
