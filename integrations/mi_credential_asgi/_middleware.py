@@ -119,6 +119,7 @@ class ManagedIdentityMiddleware:
     async def aclose(self) -> None:
         """Close the credential the middleware created (not one passed in). Lifespan shutdown
         does this; call it yourself when the server runs without lifespan. Idempotent."""
+        self._provider.cancel_pending()
         if self._owned and self._open:
             self._open = False
             await self._provider.credential.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -138,7 +139,16 @@ class TokenProvider:
         ValueError: A warm-up scope is not a scope (:func:`mi_credential.http.check_scope`).
     """
 
-    __slots__ = ("_clock", "_credential", "_expiries", "_last_error", "_tokens", "_warmup_scopes")
+    __slots__ = (
+        "_clock",
+        "_credential",
+        "_expiries",
+        "_failing",
+        "_last_error",
+        "_pending",
+        "_tokens",
+        "_warmup_scopes",
+    )
 
     def __init__(
         self,
@@ -155,6 +165,11 @@ class TokenProvider:
         self._clock = clock
         self._expiries: dict[str, float | None] = {}
         self._last_error: tuple[str, str, str, float] | None = None
+        # Acquisitions a check stopped waiting for: they go on, and record their outcome.
+        self._pending: dict[str, asyncio.Future[AccessTokenInfo]] = {}
+        # Scopes whose latest outcome is a real failure: a later check's mere timeout does not
+        # hide it from readiness.
+        self._failing: set[str] = set()
 
     @property
     def credential(self) -> AsyncTokenCredential:
@@ -278,7 +293,8 @@ class TokenProvider:
         """Obtain a token for each scope concurrently, waiting at most ``timeout`` seconds.
 
         Failures are recorded for :meth:`readiness` and returned, not raised. Waiting is what
-        times out, not the acquisition: the credential completes it for whoever asks next.
+        times out, not the acquisition: it goes on, its outcome (the endpoint's real error, or a
+        token) is recorded when it ends, and the next check waits for the same one.
 
         Args:
             scopes: The scopes.
@@ -288,24 +304,26 @@ class TokenProvider:
             The scopes that failed, with their error (:class:`TimeoutError` for those still
             pending at the deadline); empty if every scope has a token.
         """
-        tasks = {asyncio.ensure_future(self.token_info(scope)): scope for scope in scopes}
+        tasks: dict[asyncio.Future[AccessTokenInfo], str] = {}
+        for scope in scopes:
+            task = self._pending.get(scope)
+            if task is None or task.done():
+                task = self._pending[scope] = asyncio.ensure_future(self.token_info(scope))
+                task.add_done_callback(functools.partial(self._settled, scope))
+            tasks[task] = scope
         if not tasks:
             return {}
-        pending: set[asyncio.Future[AccessTokenInfo]] = set(tasks)
-        try:
-            _, pending = await asyncio.wait(tasks, timeout=timeout)
-        finally:
-            # Also when this call is cancelled: no waiter outlives it.
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        # asyncio.wait cancels nothing: a check that stops waiting, or is cancelled, leaves the
+        # acquisitions be.
+        await asyncio.wait(tasks, timeout=timeout)
         failures: dict[str, BaseException] = {}
         for task, scope in tasks.items():
-            if task in pending:
+            if not task.done():
                 error: BaseException = TimeoutError(f"no token within {timeout:g} s")
-                self._failed(scope, error)
+                if scope not in self._failing:  # a real failure says more than a timeout
+                    self._failed(scope, error)
                 failures[scope] = error
-            elif task.exception() is not None:
+            elif not task.cancelled() and task.exception() is not None:
                 exception = task.exception()
                 assert exception is not None
                 if not isinstance(exception, ClientAuthenticationError):
@@ -313,12 +331,26 @@ class TokenProvider:
                 failures[scope] = exception
         return failures
 
+    def _settled(self, scope: str, task: asyncio.Future[AccessTokenInfo]) -> None:
+        """An acquisition of :meth:`acquire` ended: forget it (its outcome is recorded)."""
+        if self._pending.get(scope) is task:
+            del self._pending[scope]
+        if not task.cancelled():
+            task.exception()  # retrieved: a failure nobody awaited is recorded, not lost
+
+    def cancel_pending(self) -> None:
+        """Stop the acquisitions checks left running (at shutdown)."""
+        for task in list(self._pending.values()):
+            task.cancel()
+
     def _reset(self, credential: AsyncTokenCredential) -> None:
         """Use ``credential`` from now on and forget what was known about the previous one."""
         self._tokens = TokenAdapter(credential)
         self._credential = credential
         self._expiries.clear()
         self._last_error = None
+        self._failing.clear()
+        self.cancel_pending()
 
     def __repr__(self) -> str:
         return (
@@ -327,6 +359,7 @@ class TokenProvider:
         )
 
     def _note(self, scope: str, expires_on: float) -> None:
+        self._failing.discard(scope)
         expiries = self._expiries
         if scope in expiries or len(expiries) < _MAX_TRACKED_SCOPES:
             expiries[scope] = expires_on
@@ -335,4 +368,6 @@ class TokenProvider:
         expiries = self._expiries
         if scope not in expiries and len(expiries) < _MAX_TRACKED_SCOPES:
             expiries[scope] = None
+        if not isinstance(exc, TimeoutError):
+            self._failing.add(scope)
         self._last_error = (scope, type(exc).__name__, describe_error(exc), self._clock())

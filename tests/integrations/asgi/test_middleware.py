@@ -3,6 +3,7 @@ request state, warm-up at startup, close at shutdown, strict and lenient failure
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -460,3 +461,31 @@ async def test_errors_reach_the_handler_typed(
     assert_no_secret(emulator, str(failure.value))
     await middleware.aclose()
     await unavailable.aclose()
+
+
+async def test_readiness_shows_the_acquisitions_real_error_not_its_own_timeout(
+    emulator: Emulator, credential_options: Options
+) -> None:
+    """A probe that stops waiting records a timeout; the acquisition goes on, and its real
+    failure replaces the timeout; later probes that time out again do not hide it."""
+    slow_refusal = Fault.status_code(403, source="app_service", times=None)
+    slow_refusal.delay = 0.2
+    emulator.add_fault(slow_refusal)
+    provider = TokenProvider(
+        ManagedIdentityCredential(**credential_options()), warmup_scopes=[VAULT]
+    )
+    first = (await provider.check(timeout=0.01)).as_dict()["last_error"]
+    assert first["type"] == "TimeoutError"
+    await emulator.wait_for_responses(1)  # the acquisition went on, and was refused
+    for _ in range(1000):  # until the credential has read the refusal (loop steps, no time)
+        last = provider.readiness().last_error
+        if last is not None and last.type != "TimeoutError":
+            break
+        await asyncio.sleep(0)
+    assert last is not None and last.type == "TokenRequestError"
+    again = (await provider.check(timeout=0.01)).as_dict()
+    assert again["ready"] is False
+    assert again["last_error"]["type"] == "TokenRequestError"
+    assert "HTTP 403" in again["last_error"]["message"]
+    provider.cancel_pending()
+    await provider.credential.close()
