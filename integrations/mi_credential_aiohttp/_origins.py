@@ -1,4 +1,5 @@
-"""Which origins get a token, and for which scope (pure: no I/O).
+"""Which origins get a token, and for which scope (no I/O; a request to a configured host on
+another port is logged once, as it goes out unsigned).
 
 An entry names an origin the way a user writes it: ``api.contoso.com``, ``api.contoso.com:8443``,
 ``https://api.contoso.com``, ``[::1]:8443``, or a wildcard ``*.blob.core.windows.net`` (any
@@ -9,6 +10,7 @@ for https and wss; 80 for plain http and ws, which is used only for hosts in ``a
 from __future__ import annotations
 
 import enum
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -17,6 +19,8 @@ from yarl import URL
 from mi_credential.http import check_scope
 
 from ._errors import InsecureTransportError
+
+_logger = logging.getLogger("mi_credential_aiohttp")
 
 SECURE_SCHEMES = frozenset({"https", "wss"})
 PLAIN_SCHEMES = frozenset({"http", "ws"})
@@ -228,6 +232,17 @@ class OriginPolicy:
         host = normalise_host(raw_host)
         rule = self._match(host, port, secure)
         if rule is None:
+            if self._exact.get(host):  # decided once per origin: warned once
+                _logger.warning(
+                    "BearerTokenMiddleware: %s://%s:%s gets no token: its host is configured "
+                    "only as %s, and a host without a port means port %d. Name the port to "
+                    "sign requests to it.",
+                    scheme,
+                    raw_host,
+                    port,
+                    ", ".join(repr(rule.entry) for rule in self._exact[host]),
+                    443 if secure else 80,
+                )
             return None
         if not secure and host not in self._http_hosts:
             return _REFUSED

@@ -160,3 +160,19 @@ def test_a_non_credential_is_a_type_error() -> None:
 def test_repr_names_origins_and_scopes() -> None:
     middleware = BearerTokenMiddleware(Credential(), {"api.contoso.com": SCOPE})
     assert repr(middleware) == f"BearerTokenMiddleware({{'api.contoso.com': '{SCOPE}'}})"
+
+
+def test_a_configured_host_on_another_port_is_warned_about_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``{"127.0.0.1": scope}`` means port 443 (80 for plain http): a request to the API on
+    port 9100 goes out unsigned, and the log says why, once."""
+    policy = OriginPolicy({"127.0.0.1": "api://orders/.default"}, allow_http=["127.0.0.1"])
+    for _ in range(3):
+        assert policy.scope_for(URL("http://127.0.0.1:9100/orders")) is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert "http://127.0.0.1:9100 gets no token" in warnings[0] and "port 80" in warnings[0]
+    assert policy.scope_for(URL("http://127.0.0.1/orders")) == "api://orders/.default"
+    assert policy.scope_for(URL("https://other.example:9100/")) is None  # another host: silent
+    assert len([r for r in caplog.records if r.levelname == "WARNING"]) == 1
