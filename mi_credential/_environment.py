@@ -198,22 +198,48 @@ def normalize_authority(value: str) -> str:
 def _url(name: str, value: str, *, https_only: bool = False) -> str:
     _check_printable(name, value)
     value = value.strip()
+    shown = shown_url(value)
     try:
         parts = urlsplit(value)
         port = parts.port  # raises ValueError for a malformed port
     except ValueError as exc:
-        raise ValueError(f"{name} is not a valid URL: {exc}") from None
+        detail = "" if "@" in value else f" ({exc})"  # its text may quote user information
+        raise ValueError(f"{name} is not a valid URL{detail}: {shown}.") from None
     del port
     schemes = ("https",) if https_only else ("http", "https")
     if parts.scheme.lower() not in schemes:
-        raise ValueError(f"{name} must be an {' or '.join(schemes)} URL, not {parts.scheme!r}.")
+        raise ValueError(f"{name} must be an {' or '.join(schemes)} URL, not {shown}.")
     if not parts.hostname:
-        raise ValueError(f"{name} must be an absolute URL with a host.")
+        raise ValueError(f"{name} must be an absolute URL with a host, not {shown}.")
     if parts.username is not None or parts.password is not None:
-        raise ValueError(f"{name} must not contain user information (user:password@).")
+        raise ValueError(f"{name} must not contain user information (user:password@): {shown}.")
     if parts.fragment:
-        raise ValueError(f"{name} must not contain a fragment (#...).")
+        raise ValueError(f"{name} must not contain a fragment (#...): {shown}.")
     return value
+
+
+#: How much of a malformed URL a message shows.
+_SHOWN_URL_LENGTH = 100
+
+
+def shown_url(value: str) -> str:
+    """``value`` quoted for a message, with any user information (``user:password@``) replaced
+    by ``****@`` and cut to :data:`_SHOWN_URL_LENGTH` characters.
+
+    Everything before the last ``@`` ahead of the query is taken for user information, even
+    past a ``/`` (a password may hold one, and then a URL parser sees no user information).
+    """
+    scheme, separator, rest = value.partition("://")
+    if not separator:
+        scheme, rest = "", value
+    end = min((i for i in (rest.find(c) for c in "?#") if i >= 0), default=len(rest))
+    head = rest[:end]
+    if "@" in head:
+        head = "****@" + head.rpartition("@")[2]
+    text = f"{scheme}{separator}{head}{rest[end:]}"
+    if len(text) > _SHOWN_URL_LENGTH:
+        text = text[: _SHOWN_URL_LENGTH - 3] + "..."
+    return repr(text)
 
 
 def _header_value(name: str, value: str) -> str:

@@ -133,6 +133,14 @@ def failure(exc: Exception, secrets: tuple[str, ...]) -> TransportError:
     return error
 
 
+#: How to trust an endpoint whose certificate a private CA signed (the emulator's does:
+#: ``mi-credential emulate`` prints the ``SSL_CERT_FILE`` line).
+_PRIVATE_CA = (
+    "to trust a private CA (such as the emulator's), set SSL_CERT_FILE to its PEM file or pass "
+    "its path as connection_verify="
+)
+
+
 def _classify(exc: Exception, secrets: tuple[str, ...]) -> TransportError:
     import aiohttp
 
@@ -142,11 +150,16 @@ def _classify(exc: Exception, secrets: tuple[str, ...]) -> TransportError:
         )
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         return TransportError(
-            f"the server certificate was not trusted: {_said(exc.certificate_error, secrets)}",
+            f"the server certificate was not trusted: {_said(exc.certificate_error, secrets)}; "
+            f"{_PRIVATE_CA}",
             retryable=False,
         )
     if isinstance(exc, aiohttp.ClientSSLError):
-        return TransportError(f"TLS failed: {_reason(exc, secrets)}", retryable=False)
+        return TransportError(
+            f"TLS failed: {_reason(exc, secrets)}; check that the endpoint serves https at "
+            f"that port, and {_PRIVATE_CA}",
+            retryable=False,
+        )
     if isinstance(exc, aiohttp.ClientConnectorError):
         return TransportError(
             f"connection failed: {_reason(exc, secrets)}", retryable=True, connect=True

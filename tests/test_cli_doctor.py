@@ -256,7 +256,7 @@ async def test_emulate_prints_a_working_environment() -> None:
             if line.startswith("export "):
                 name, _, value = line.removeprefix("export ").strip().partition("=")
                 environ[name] = value
-            if line.startswith("Ctrl-C"):
+            if line.startswith("# Ctrl-C"):
                 break
         assert set(environ) == {"IDENTITY_ENDPOINT", "IDENTITY_HEADER"}
         async with ManagedIdentityCredential(environ=environ) as credential:

@@ -4,6 +4,9 @@ events tests wait on (requests recorded, responses written, responses held)."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -295,3 +298,21 @@ async def test_latency_still_delays_responses(emulator: Emulator) -> None:
     async with aiohttp.ClientSession() as session:
         assert await imds_get(session, emulator) == 200
     assert emulator.issued == 1
+
+
+
+def test_an_emulator_never_started_or_half_built_leaves_no_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "temp"))
+    (tmp_path / "temp").mkdir()
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(NotADirectoryError):  # its Arc key directory cannot be made
+        Emulator(arc_key_dir=str(tmp_path / "a-file" / "keys"))
+    gc.collect()
+    assert list((tmp_path / "temp").iterdir()) == []
+    unstarted = Emulator()
+    assert list((tmp_path / "temp").glob("mi-emulator-*"))  # its key and certificate
+    del unstarted
+    gc.collect()
+    assert list((tmp_path / "temp").iterdir()) == []

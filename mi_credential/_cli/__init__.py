@@ -8,6 +8,10 @@ that ``--help`` lists it without importing anything) but lives above the integra
 Exit codes: 0 success (``doctor``: healthy); 1 the command ran and found a problem (``doctor``:
 unhealthy; ``token``: no token); 2 usage error; 3 a missing optional dependency (install the extra
 the message names).
+
+A usage error is one line on standard error, ``mi-credential COMMAND: error: ...``, never a
+traceback: a value the parser refuses (:mod:`._options`), a :class:`UsageError` a command raises
+before it starts anything, or a port a command cannot listen on (:mod:`._ports`).
 """
 
 from __future__ import annotations
@@ -19,15 +23,27 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from importlib.metadata import entry_points
 from typing import Any
-from urllib.parse import urlsplit
 
 from .._models import ManagedIdentitySource
 from .._version import __version__
+from . import _options as check
+from ._options import EXIT_USAGE, Once, Parser, UsageError, fail
+from ._ports import listen_problem
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1
-EXIT_USAGE = 2
 EXIT_MISSING_DEPENDENCY = 3
+
+__all__ = [
+    "COMMANDS",
+    "EXIT_MISSING_DEPENDENCY",
+    "EXIT_OK",
+    "EXIT_PROBLEM",
+    "EXIT_USAGE",
+    "UsageError",
+    "build_parser",
+    "main",
+]
 
 _EXTRA = {"demo": "demo", "emulate": "emulator"}
 
@@ -38,36 +54,12 @@ COMMANDS = "mi_credential.commands"
 
 Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
-
-def _http_url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise argparse.ArgumentTypeError(f"not an http(s) URL: {value!r}")
-    return value.rstrip("/")
-
-
-def _port(value: str) -> int:
-    try:
-        port = int(value)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"not a port number (0 to 65535): {value!r}")
-    return port
-
-
-def _seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not 0 <= seconds < float("inf"):
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {value!r}")
-    return seconds
+_ONE_SCOPE = "one scope per request (run the command once per scope)"
+_ONE_IDENTITY = "name one identity"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="mi-credential",
         description="Azure managed identity tokens, with a local emulator of every endpoint.",
         epilog=(
@@ -93,27 +85,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--otlp",
+        action=Once,
         metavar="ENDPOINT",
-        type=_http_url,
+        type=check.http_url,
         help="also send the spans and metrics over OTLP/HTTP to this collector, such as "
         "http://localhost:4318 (see samples/observability)",
     )
     demo.add_argument(
         "--prometheus-port",
+        action=Once,
         metavar="PORT",
-        type=_port,
+        type=check.port,
         help="serve the metrics in the Prometheus exposition format at "
         "http://127.0.0.1:PORT/metrics while the demo runs (0: any free port)",
     )
     demo.add_argument(
         "--hold",
+        action=Once,
         metavar="SECONDS",
-        type=_seconds,
+        type=check.seconds,
         default=0.0,
         help="after the report, keep everything running for SECONDS with a round of calls "
         "every second, for scrapes and dashboards (Ctrl-C ends it)",
     )
-    demo.set_defaults(entry_point="demo")
+    demo.add_argument(
+        "--verbose",
+        action="store_true",
+        help="print every metric series too, after the report's summary of each metric",
+    )
+    demo.add_argument(
+        "--html",
+        action=Once,
+        metavar="PATH",
+        type=check.nonempty,
+        help="also write the report as a self-contained HTML page to PATH (again when the "
+        "hold ends)",
+    )
+    demo.set_defaults(entry_point="demo", listens=(("--prometheus-port", "prometheus_port"),))
 
     token = commands.add_parser(
         "token",
@@ -124,13 +132,31 @@ def build_parser() -> argparse.ArgumentParser:
             "printed only with --show-token."
         ),
     )
-    token.add_argument("--scope", required=True, help="e.g. https://vault.azure.net/.default")
+    token.add_argument(
+        "--scope",
+        action=Once,
+        note=_ONE_SCOPE,
+        required=True,
+        type=check.scope,
+        help="one scope, e.g. https://vault.azure.net/.default",
+    )
     who = token.add_mutually_exclusive_group()
-    who.add_argument("--client-id", help="client ID of a user-assigned identity")
-    who.add_argument("--object-id", help="object ID of a user-assigned identity")
-    who.add_argument("--resource-id", help="ARM resource ID of a user-assigned identity")
+    for option, what in (
+        ("--client-id", "client ID"),
+        ("--object-id", "object ID"),
+        ("--resource-id", "ARM resource ID"),
+    ):
+        who.add_argument(
+            option,
+            action=Once,
+            note=_ONE_IDENTITY,
+            type=check.identity_id,
+            help=f"{what} of a user-assigned identity (default: the system-assigned one)",
+        )
     token.add_argument("--show-token", action="store_true", help="print the access token too")
-    token.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
+    token.add_argument(
+        "--timeout", action=Once, type=check.timeout, default=30.0, help="seconds (default 30)"
+    )
     token.set_defaults(module="_token")
 
     doctor = commands.add_parser(
@@ -143,10 +169,23 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     doctor.add_argument(
-        "--scope", default="https://management.azure.com/.default", help="scope to probe with"
+        "--scope",
+        action=Once,
+        note=_ONE_SCOPE,
+        type=check.scope,
+        default="https://management.azure.com/.default",
+        help="scope to probe with (default: Resource Manager's)",
     )
-    doctor.add_argument("--client-id", help="client ID of a user-assigned identity to probe")
-    doctor.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+    doctor.add_argument(
+        "--client-id",
+        action=Once,
+        note=_ONE_IDENTITY,
+        type=check.identity_id,
+        help="client ID of a user-assigned identity to probe",
+    )
+    doctor.add_argument(
+        "--timeout", action=Once, type=check.timeout, default=5.0, help="seconds (default 5)"
+    )
     doctor.set_defaults(module="_doctor")
 
     emulate = commands.add_parser(
@@ -154,21 +193,50 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the managed identity emulator and print the variables that point to it",
         description=(
             "Serve every managed identity endpoint on 127.0.0.1 until interrupted, and print "
-            "the environment variables that make an application (this library or "
-            "azure-identity) use it."
+            "the shell lines that make an application (this library or azure-identity) use "
+            "it as one hosting source: App Service unless --source names another. The lines "
+            "unset the other sources' variables, so pasted as they are they select that source."
         ),
     )
-    emulate.add_argument("--port", type=int, default=0, help="HTTP port (default: any free)")
-    emulate.add_argument("--https-port", type=int, default=0, help="HTTPS port (default: any)")
+    emulate.add_argument(
+        "--port", action=Once, type=check.port, default=0, help="HTTP port (default: any free)"
+    )
+    emulate.add_argument(
+        "--https-port",
+        action=Once,
+        type=check.port,
+        default=0,
+        help="HTTPS port (default: any free)",
+    )
     emulate.add_argument(
         "--source",
+        action=Once,
         choices=[s.value for s in ManagedIdentitySource],
-        help="print the variables for this source only",
+        help="the source whose variables are printed (default: app_service)",
     )
-    emulate.add_argument("--token-lifetime", type=int, default=86400, help="seconds")
-    emulate.add_argument("--latency", type=float, default=0.0, help="seconds added per token")
-    emulate.add_argument("--arc-key-dir", help="where Azure Arc challenge key files go")
-    emulate.set_defaults(module="_emulate")
+    emulate.add_argument(
+        "--token-lifetime",
+        action=Once,
+        type=check.lifetime,
+        default=86400,
+        help="seconds a token lives (default 86400)",
+    )
+    emulate.add_argument(
+        "--latency",
+        action=Once,
+        type=check.latency,
+        default=0.0,
+        help="seconds added before each token response (default 0)",
+    )
+    emulate.add_argument(
+        "--arc-key-dir",
+        action=Once,
+        type=check.nonempty,
+        help="where Azure Arc challenge key files go",
+    )
+    emulate.set_defaults(
+        module="_emulate", listens=(("--port", "port"), ("--https-port", "https_port"))
+    )
     return parser
 
 
@@ -212,8 +280,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_MISSING_DEPENDENCY
+    prog = f"{parser.prog} {args.command}"
     try:
         code: int = asyncio.run(command(args))
     except KeyboardInterrupt:
         return EXIT_PROBLEM
+    except UsageError as exc:
+        return fail(prog, str(exc))
+    except OSError as exc:  # a port that cannot be listened on is named; anything else is a bug
+        ports = {option: getattr(args, dest) for option, dest in getattr(args, "listens", ())}
+        problem = listen_problem(exc, ports)
+        if problem is None:
+            raise
+        return fail(prog, problem)
     return code

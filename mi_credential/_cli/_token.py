@@ -9,6 +9,9 @@ import time
 from .._credential import ManagedIdentityCredential
 from .._errors import ManagedIdentityError
 from .._sources._parse import decode_jwt_claims as decode_claims
+from ._options import UsageError
+
+__all__ = ["SHOWN_CLAIMS", "decode_claims", "run"]
 
 #: Claims worth showing: who issued the token, to whom, for what, until when. Not secret.
 SHOWN_CLAIMS = ("aud", "iss", "tid", "oid", "appid", "exp")
@@ -24,15 +27,16 @@ async def run(args: argparse.Namespace) -> int:
         credential = ManagedIdentityCredential(
             client_id=args.client_id, identity_config=identity_config, timeout=args.timeout
         )
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except ValueError as exc:  # the identity options or a malformed environment variable
+        raise UsageError(str(exc)) from None
     async with credential:
         source = credential.source.label if credential.source else "none"
         start = time.perf_counter()
         try:
             info = await credential.get_token_info(args.scope)
-        except (ManagedIdentityError, ValueError) as exc:
+        except ValueError as exc:  # the scope: the parser checked it already
+            raise UsageError(str(exc)) from None
+        except ManagedIdentityError as exc:
             print(f"source:   {source}", file=sys.stderr)
             print(f"error:    {exc}", file=sys.stderr)
             print("hint:     python -m mi_credential doctor", file=sys.stderr)

@@ -9,6 +9,7 @@ import ssl
 import tempfile
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -130,7 +131,8 @@ class Emulator:
         self._host = host
         self._port = port
         self._https_port = https_port
-        self._workdir = tempfile.mkdtemp(prefix="mi-emulator-")
+        self._workdir = tempfile.mkdtemp(prefix="mi-emulator-")  # gone with close() or with us
+        self._remove_workdir = weakref.finalize(self, shutil.rmtree, self._workdir, True)
         self.arc_key_dir = arc_key_dir or os.path.join(self._workdir, "arc-tokens")
         os.makedirs(self.arc_key_dir, mode=0o700, exist_ok=True)
         self._runners: list[web.AppRunner] = []
@@ -146,7 +148,11 @@ class Emulator:
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> Emulator:
-        """Start listening. Returns the emulator."""
+        """Start listening. Returns the emulator.
+
+        A start that fails (such as on a port in use) closes the emulator, its temporary files
+        included, before the error propagates: ``async with`` does not call :meth:`close` then.
+        """
         endpoints, route = self._endpoints, self._dispatcher.route
         http_app = web.Application(middlewares=[loopback_only])
         http_app.router.add_get(IMDS_TOKEN_PATH, route(_S.IMDS, endpoints.imds))
@@ -161,13 +167,17 @@ class Emulator:
         https_app.router.add_post(ENTRA_TOKEN_PATH, route(_S.WORKLOAD_IDENTITY, endpoints.entra))
         https_app.router.add_get("/emulator/jwks", jwks)
 
-        ssl_context = self.server_ssl_context()
-        http_port = await self._serve(http_app, self._port, None)
-        https_port = await self._serve(https_app, self._https_port, ssl_context)
-        host = f"[{self._host}]" if ":" in self._host else self._host
-        self.http_url = f"http://{host}:{http_port}"
-        self.https_url = f"https://{host}:{https_port}"
-        self._write("federated-token", self.federated_token().encode())
+        try:
+            ssl_context = self.server_ssl_context()
+            http_port = await self._serve(http_app, self._port, None)
+            https_port = await self._serve(https_app, self._https_port, ssl_context)
+            host = f"[{self._host}]" if ":" in self._host else self._host
+            self.http_url = f"http://{host}:{http_port}"
+            self.https_url = f"https://{host}:{https_port}"
+            self._write("federated-token", self.federated_token().encode())
+        except BaseException:
+            await self.close()
+            raise
         return self
 
     async def _serve(self, app: web.Application, port: int, ctx: ssl.SSLContext | None) -> int:
@@ -179,10 +189,12 @@ class Emulator:
     async def close(self) -> None:
         """Release held responses, end hangs, stop listening and remove the temporary files."""
         self._dispatcher.close()
-        for runner in self._runners:
-            await runner.cleanup()
-        self._runners.clear()
-        shutil.rmtree(self._workdir, ignore_errors=True)
+        try:
+            for runner in self._runners:
+                await runner.cleanup()
+        finally:
+            self._runners.clear()
+            self._remove_workdir()
 
     async def __aenter__(self) -> Emulator:
         return await self.start()
