@@ -1,6 +1,7 @@
 """``python -m mi_credential demo``: run as users run it (a subprocess) and in process.
 
-The report must hold the span tree and the metric values; the Prometheus exposition served
+The report must fit 100 columns, hold the span tree and a summary of each metric (every series
+with ``--verbose``) and end with what to try next; the Prometheus exposition served
 while the demo runs must hold every metric (and label) the Grafana dashboard queries (those of
 its shared token cache row: the exposition of credentials that share a cache); the OTLP export
 must reach a collector; and nothing printed, traced or measured may carry a secret.
@@ -11,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -58,15 +61,20 @@ METRICS = (
 # A bound on waits for the demo, so that a hang fails the test: the acceptance criterion is
 # that the demo exits within 60 s.
 DEMO_BOUND = 60.0
+WIDTH = 100
+DURATION = r" +[\d.]+ (?:ms|s|µs)  "
 
 
-def run_cli(*args: str, timeout: float = DEMO_BOUND) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, timeout: float = DEMO_BOUND, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-W", "error", "-m", "mi_credential", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
+        **kwargs,
     )
 
 
@@ -76,6 +84,33 @@ def section(report: str, title: str) -> list[str]:
     start = next(i for i, line in enumerate(lines) if line.startswith(title))
     end = next((i for i in range(start + 1, len(lines)) if not lines[i].strip()), len(lines))
     return lines[start:end]
+
+
+def unwrapped(lines: list[str]) -> list[str]:
+    """``lines`` with each line indented more than 2 columns past the one above (it goes on
+    that one) joined to it."""
+    joined: list[str] = []
+    for line in lines:
+        indent = len(line) - len(line.lstrip())
+        if joined and indent > len(joined[-1]) - len(joined[-1].lstrip()) + 2:
+            joined[-1] += " " + line.strip()
+        else:
+            joined.append(line)
+    return joined
+
+
+def assert_fits(report: str) -> None:
+    wide = [line for line in report.splitlines() if len(line) > WIDTH]
+    assert not wide, f"{len(wide)} lines wider than {WIDTH} columns, the first: {wide[0]!r}"
+
+
+def assert_ends_with_next(report: str) -> None:
+    """The report's last section is "Next:", with the emulator, the samples and the dashboard."""
+    last = report.rstrip().split("\n\n")[-1]
+    assert last.startswith("Next:\n"), last
+    assert "python -m mi_credential emulate" in last
+    assert "samples/ " in last and "samples/observability/" in last
+    assert "python -m mi_credential demo --otlp http://localhost:4318" in last
 
 
 # -- the demo as a user runs it -------------------------------------------------------------------
@@ -101,19 +136,44 @@ def test_the_demo_exits_0_and_shows_every_step(
     assert out.count("GET /orders -> 200, 2 orders") == 4  # two via FastAPI, two via azure-core
     assert "GET /health/identity -> ready=True, source=app_service" in out
     assert "token requests to Microsoft Entra ID: 1" in out
-    assert out.rstrip().endswith("Result: OK, every step worked.")
+    assert "\nResult: OK, every step worked.\n" in out
+    assert_ends_with_next(out)
     assert "FAILED" not in out
     assert "eyJ" not in out + demo_run.stderr  # no JWT (header or payload) is printed
     assert "Traceback" not in demo_run.stderr
 
 
+def test_the_report_fits_100_columns_and_sums_up_the_metrics(
+    demo_run: subprocess.CompletedProcess[str],
+) -> None:
+    out = demo_run.stdout
+    assert_fits(out)
+    summary = section(out, "Metrics (")
+    assert re.fullmatch(
+        r"Metrics \(6 instruments, \d+ series; every series: --verbose\)", summary[0]
+    ), summary[0]
+    digests = {line.split()[0]: " ".join(line.split()[1:]) for line in unwrapped(summary[1:])}
+    assert set(digests) == set(METRICS)
+    assert re.fullmatch(r"\d+ get_token calls: \d+ hit, \d+ miss; 1 failed",
+                        digests["mi_credential.token.requests"])
+    assert re.fullmatch(r"\d+ acquisitions, 1 failed; mean \S+ \S+, max \S+ \S+",
+                        digests["mi_credential.token.acquisition.duration"])
+    assert digests["mi_credential.token.coalesced_waiters"] == (
+        f"{CONCURRENT_CALLERS - 1} callers joined an acquisition in flight"
+    )
+    assert re.search(r": 200 \(\d+\), 400, 401, 429$", digests["http.client.request.duration"])
+    # The raw series are for --verbose only.
+    assert "Metric values" not in out
+    assert "identity.kind=system_assigned" not in out
+
+
 def test_the_report_has_the_span_tree(demo_run: subprocess.CompletedProcess[str]) -> None:
     tree = section(demo_run.stdout, "Span tree")
     count = int(re.fullmatch(r"Span tree \((\d+) spans\)", tree[0]).group(1))  # type: ignore[union-attr]
-    rows = tree[1:]
+    rows = [row for row in tree[1:] if re.match(DURATION, row)]  # the others go on a row
     assert len(rows) == count
-    assert re.fullmatch(r" +[\d.]+ (ms|s|µs)  mi-credential demo", rows[0])
-    text = "\n".join(rows)
+    assert re.fullmatch(DURATION + "mi-credential demo", rows[0])
+    text = "\n".join(tree[1:])
     # Each step is a child of the root; acquisitions and their HTTP attempts nest beneath.
     for step in ("1. The credential, directly", "2. FastAPI app -> Orders API",
                  "3. azure-core pipeline client -> Orders API"):
@@ -141,9 +201,20 @@ def test_the_report_has_the_span_tree(demo_run: subprocess.CompletedProcess[str]
     )
 
 
-def test_the_report_has_the_metric_values(demo_run: subprocess.CompletedProcess[str]) -> None:
-    lines = section(demo_run.stdout, "Metric values")
-    text = "\n".join(lines)
+@pytest.fixture(scope="module")
+def verbose_run() -> subprocess.CompletedProcess[str]:
+    return run_cli("demo", "--verbose")
+
+
+def test_verbose_adds_the_metric_values(
+    demo_run: subprocess.CompletedProcess[str], verbose_run: subprocess.CompletedProcess[str]
+) -> None:
+    assert verbose_run.returncode == 0, verbose_run.stdout + verbose_run.stderr
+    assert_fits(verbose_run.stdout)
+    assert_ends_with_next(verbose_run.stdout)
+    assert "every series below" in verbose_run.stdout
+    lines = section(verbose_run.stdout, "Metric values")
+    text = "\n".join(unwrapped(lines[1:]))
     for name in METRICS:
         assert re.search(rf"^   {re.escape(name)} \(", text, re.M), name
     assert re.search(
@@ -158,7 +229,8 @@ def test_the_report_has_the_metric_values(demo_run: subprocess.CompletedProcess[
     assert re.search(r"^     24\.00 h +identity\.kind=system_assigned "
                      r"resource=api://orders-api source=app_service$", text, re.M)
     assert re.search(r"^     count=1 mean=\S+ max=\S+ +error\.type=429 ", text, re.M)
-    # The summaries above the tree are read from the same metrics.
+    # The summaries above the tree, printed without --verbose too, are read from the same
+    # metrics.
     latency = section(demo_run.stdout, "Acquisition latency by source")
     sources = {line.split()[0] for line in latency[2:]}
     assert sources == {"imds", "app_service", "azure_arc", "service_fabric", "azure_ml",
@@ -252,16 +324,19 @@ async def test_a_failing_step_is_reported_and_the_others_still_run(
         'FAILED: DemoError: GET /orders answered 401: {"error": "unauthorized", "reason": '
         '"InvalidAudienceError"}' in flat
     )
-    assert "Span tree (" in report and "Metric values" in report
-    assert report.rstrip().endswith(
-        "Result: FAILED (2. FastAPI app -> Orders API; 3. azure-core pipeline client -> "
-        "Orders API)"
+    assert "Span tree (" in report and "Metrics (" in report
+    assert (
+        "\nResult: FAILED (2. FastAPI app -> Orders API; 3. azure-core pipeline client -> "
+        "Orders API)\n" in report
     )
+    assert_fits(report)
+    assert_ends_with_next(report)
 
 
-async def test_holding_keeps_calling_until_the_time_is_up() -> None:
+async def test_holding_keeps_calling_until_the_time_is_up(tmp_path: Path) -> None:
     out = io.StringIO()
-    demo = Demo(DemoOptions(hold=1.5), out=out)
+    page = tmp_path / "report.html"
+    demo = Demo(DemoOptions(hold=1.5, html=str(page)), out=out)
     code = await asyncio.wait_for(demo.run(), DEMO_BOUND)
     assert demo.emulator is not None
     register_emulator(demo.emulator)
@@ -269,6 +344,12 @@ async def test_holding_keeps_calling_until_the_time_is_up() -> None:
     assert code == 0, report
     assert "Holding for 1.5 s (Ctrl-C ends it)" in report
     assert "Stopped holding." in report
+    assert_fits(report)
+    # The page is written with the report, and again with what holding added.
+    flat = " ".join(report.split())  # a long path goes on a line of its own
+    assert flat.index(f"HTML report: {page}") < flat.index("Holding for")
+    assert flat.index(f"HTML report (with the hold): {page}") > flat.index("Stopped holding.")
+    assert "hold: a round of calls" in page.read_text(encoding="utf-8")
     assert demo.telemetry is not None
     spans = demo.telemetry.finished_spans()
     rounds = [s for s in spans if s.name == "hold: a round of calls"]
@@ -354,6 +435,13 @@ def test_the_promql_parser() -> None:
     )
     assert selectors == [("a_bucket", [("x", "=", "1"), ("y", "=~", "p|q")]), ("b_total", [])]
     assert grouping == {"le", "src"}
+    # A series that first appears within the interval, counted from zero (the dashboard's form).
+    selectors, grouping = parse_promql(
+        'sum by (src) ((c_total{x="1"} unless c_total{x="1"} offset $__rate_interval) '
+        '/ ($__rate_interval_ms / 1000) or rate(c_total{x="1"}[$__rate_interval])) * 60'
+    )
+    assert selectors == [("c_total", [("x", "=", "1")])] * 3
+    assert grouping == {"src"}
 
 
 def matches(labels: dict[str, str], matchers: list[tuple[str, str, str]]) -> bool:
@@ -582,7 +670,9 @@ async def test_a_collector_that_refuses_fails_the_demo() -> None:
     assert receiver.span_names  # it was sent, and refused
     assert f"OTLP: sending to {url} failed" in out
     assert "is the collector running?" in out
-    assert out.rstrip().endswith("Result: FAILED (the OTLP export)")
+    assert "\nResult: FAILED (the OTLP export)\n" in out
+    assert_fits(out)
+    assert_ends_with_next(out)
 
 
 # -- options, usage and missing dependencies ------------------------------------------------------
@@ -654,5 +744,26 @@ def test_a_missing_demo_dependency_is_exit_code_3(module: str) -> None:
 def test_help_describes_the_options() -> None:
     result = run_cli("demo", "--help")
     assert result.returncode == 0
-    for option in ("--otlp ENDPOINT", "--prometheus-port PORT", "--hold SECONDS"):
+    for option in ("--otlp ENDPOINT", "--prometheus-port PORT", "--hold SECONDS", "--verbose",
+                   "--html PATH"):
         assert option in result.stdout
+
+
+def test_a_prometheus_port_in_use_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    """Exit 2 with one line on standard error, before anything starts: nothing printed, and no
+    emulator directory left in the temporary directory."""
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli(
+            "demo", "--prometheus-port", str(port), env={**os.environ, "TMPDIR": str(temporary)}
+        )
+    assert result.returncode == 2, result.stdout + result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("mi-credential demo: error: --prometheus-port"), line
+    assert str(port) in line and "in use" in line
+    assert result.stdout == ""
+    assert list(temporary.iterdir()) == []

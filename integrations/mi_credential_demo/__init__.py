@@ -9,8 +9,10 @@
    calling the same protected API.
 
 Every credential and integration records with SDK providers the demo passes explicitly; the
-report shows the span tree, the metric values, acquisition latency per source and the cache hit
-ratio. No token or secret is printed.
+report, within 100 columns, shows acquisition latency per source, the cache hit ratio, a line per
+metric (every series with ``--verbose``) and the span tree, and ends with what to try next.
+``--html PATH`` writes it as a self-contained page too: each acquisition's span waterfall and the
+latency per source. No token or secret is printed or written.
 
 This package sits above the integrations and is never imported by the core: ``python -m
 mi_credential`` finds :func:`run` through the ``demo`` entry point of the

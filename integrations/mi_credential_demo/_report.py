@@ -1,5 +1,5 @@
-"""Plain-text rendering of what the demo recorded: the span tree, the metric values, latency per
-hosting source and the cache hit ratio, read from OpenTelemetry SDK data.
+"""What the demo recorded, read from OpenTelemetry SDK data: the span tree and the metric values
+as text, latency per hosting source and the cache hit ratio.
 
 Only attribute values chosen here are shown (source, cache result, status codes, error types):
 never ``url.full`` or anything else a reader of the terminal has no use for.
@@ -7,6 +7,7 @@ never ``url.full`` or anything else a reader of the terminal has no use for.
 
 from __future__ import annotations
 
+import textwrap
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -61,7 +62,8 @@ def _span_seconds(span: ReadableSpan) -> float:
     return (span.end_time - span.start_time) / 1e9
 
 
-def _span_label(span: ReadableSpan) -> str:
+def span_parts(span: ReadableSpan) -> list[str]:
+    """A span's name, then the few attribute values the report shows, in order."""
     attributes: Mapping[str, Any] = span.attributes or {}
     parts = [span.name]
     if span.kind is SpanKind.CLIENT and SERVER_ADDRESS in attributes:
@@ -79,14 +81,12 @@ def _span_label(span: ReadableSpan) -> str:
         parts.append(f"-> {attributes[HTTP_RESPONSE_STATUS_CODE]}")
     if ERROR_TYPE in attributes and HTTP_RESPONSE_STATUS_CODE not in attributes:
         parts.append(f"error {attributes[ERROR_TYPE]}")
-    return "  ".join(parts)
+    return parts
 
 
-def render_span_tree(spans: Sequence[ReadableSpan]) -> list[str]:
-    """Every span under its parent, in start order, after its duration.
-
-    A span whose parent was not recorded (another process's span, say) is shown as a root.
-    """
+def span_children(spans: Sequence[ReadableSpan]) -> dict[int | None, list[ReadableSpan]]:
+    """The spans under each span id, in start order; under ``None``, the roots: the spans
+    whose parent was not recorded (another process's span, say) count as roots."""
     ids = {span.context.span_id for span in spans if span.context is not None}
     children: dict[int | None, list[ReadableSpan]] = defaultdict(list)
     for span in spans:
@@ -94,26 +94,44 @@ def render_span_tree(spans: Sequence[ReadableSpan]) -> list[str]:
         children[parent if parent in ids else None].append(span)
     for group in children.values():
         group.sort(key=lambda s: s.start_time or 0)
+    return children
 
-    rows: list[tuple[str, float]] = []
+
+def render_span_tree(spans: Sequence[ReadableSpan], width: int = 1_000) -> list[str]:
+    """Every span under its parent, in start order, after its duration.
+
+    A row wider than ``width`` goes on below its span, under the tree's lines.
+    """
+    children = span_children(spans)
+    lines: list[str] = []
 
     def walk(span: ReadableSpan, prefix: str, branch: str) -> None:
-        rows.append((f"{prefix}{branch}{_span_label(span)}", _span_seconds(span)))
         kids = children.get(span.context.span_id if span.context else None, [])
         extension = "" if not branch else ("   " if branch == "└─ " else "│  ")
+        # Durations first, in a column, so that deep or long labels never push them out of line.
+        head = f"{duration(_span_seconds(span)):>9}  {prefix}{branch}"
+        below = " " * 11 + prefix + extension + ("│  " if kids else "   ") + "   "
+        parts = span_parts(span)
+        line = head + parts[0]
+        for part in parts[1:]:
+            if len(line) + 2 + len(part) > width:
+                lines.append(line)
+                line = below + part
+            else:
+                line += "  " + part
+        lines.append(line)
         for index, kid in enumerate(kids):
             walk(kid, prefix + extension, "└─ " if index == len(kids) - 1 else "├─ ")
 
     for root in children.get(None, []):
         walk(root, "", "")
-    # Durations first, in a column, so that deep or long labels never push them out of line.
-    return [f"{duration(seconds):>9}  {text}" for text, seconds in rows]
+    return lines
 
 
 # -- metrics ------------------------------------------------------------------------------------
 
 
-def _ours(data: MetricsData | None) -> Iterator[Metric]:
+def our_metrics(data: MetricsData | None) -> Iterator[Metric]:
     """The metrics of the mi_credential instrumentation scope."""
     if data is None:
         return
@@ -124,7 +142,7 @@ def _ours(data: MetricsData | None) -> Iterator[Metric]:
 
 
 def _points(data: MetricsData | None, name: str) -> list[Any]:
-    return [p for m in _ours(data) if m.name == name for p in m.data.data_points]
+    return [p for m in our_metrics(data) if m.name == name for p in m.data.data_points]
 
 
 def _attributes(attributes: Mapping[str, Any] | None) -> str:
@@ -133,25 +151,38 @@ def _attributes(attributes: Mapping[str, Any] | None) -> str:
     )
 
 
-def render_metrics(data: MetricsData | None) -> list[str]:
-    """Each metric with each of its data points; counters' zero-valued series are left out."""
+def shown_points(metric: Metric) -> list[Any]:
+    """The data points of ``metric`` worth showing (counters' zero-valued ones left out)."""
+    points: Iterable[Any] = metric.data.data_points
+    if isinstance(metric.data, Sum):
+        points = [p for p in points if p.value]
+    return sorted(points, key=lambda p: _attributes(p.attributes))
+
+
+def render_metrics(data: MetricsData | None, width: int = 1_000) -> list[str]:
+    """Each metric with each of its data points; counters' zero-valued series are left out.
+    A point's attributes wider than ``width`` go on below, in their column."""
     lines: list[str] = []
-    for metric in sorted(_ours(data), key=lambda m: m.name):
+    for metric in sorted(our_metrics(data), key=lambda m: m.name):
         kind = type(metric.data).__name__.lower()
         if isinstance(metric.data, Sum) and not metric.data.is_monotonic:
             kind = "up-down counter"
         elif isinstance(metric.data, Sum):
             kind = "counter"
         unit = f", {metric.unit}" if metric.unit else ""
-        points: Iterable[Any] = metric.data.data_points
-        if isinstance(metric.data, Sum):
-            points = [p for p in points if p.value]
-        points = sorted(points, key=lambda p: _attributes(p.attributes))
-        if not points:
+        rows = [(_value(metric, p), _attributes(p.attributes)) for p in shown_points(metric)]
+        if not rows:
             continue
         lines.append(f"{metric.name} ({kind}{unit})")
-        for point in points:
-            lines.append(f"  {_value(metric, point):<36} {_attributes(point.attributes)}")
+        column = 2 + max(len(value) for value, _ in rows) + 2
+        for value, attributes in rows:
+            lines += textwrap.wrap(
+                attributes,
+                max(width, column + 20),
+                initial_indent=f"  {value}".ljust(column),
+                subsequent_indent=" " * column,
+                break_on_hyphens=False,
+            ) or [f"  {value}"]
     return lines
 
 
@@ -231,48 +262,16 @@ def cache_summary(data: MetricsData | None) -> CacheSummary:
     return CacheSummary(totals["hit"], totals["stale"], totals["miss"], coalesced)
 
 
-# -- the report ---------------------------------------------------------------------------------
-
-
-def render_report(data: MetricsData | None, spans: Sequence[ReadableSpan]) -> list[str]:
-    """The report printed after the steps, each section after a blank line: latency by source,
-    the cache, the span tree and the metric values."""
-    lines = [
-        "",
-        "Acquisition latency by source (mi_credential.token.acquisition.duration)",
-        f"   {'source':<18} {'acquisitions':>12} {'errors':>7} {'mean':>10} "
-        f"{'min':>10} {'max':>10}",
-    ]
-    lines += [
-        f"   {row.source:<18} {row.count:>12} {row.errors:>7} {duration(row.mean):>10} "
-        f"{duration(row.min):>10} {duration(row.max):>10}"
-        for row in latency_by_source(data)
-    ]
-    cache = cache_summary(data)
-    lines += [
-        "",
-        "Cache (mi_credential.token.requests, mi_credential.token.coalesced_waiters)",
-        f"   {cache.calls} get_token calls: {cache.hits + cache.stale} served from the cache "
-        f"(hit ratio {cache.hit_ratio:.0%}), {cache.misses} waited for an acquisition,",
-        f"   {cache.coalesced} of which joined one already in flight instead of sending a "
-        "request of their own",
-        "",
-        f"Span tree ({len(spans)} spans)",
-        *(f"   {line}" for line in render_span_tree(spans)),
-        "",
-        "Metric values (counter series at zero left out)",
-        *(f"   {line}" for line in render_metrics(data)),
-    ]
-    return lines
-
-
 __all__ = [
     "CacheSummary",
     "SourceLatency",
     "cache_summary",
     "duration",
     "latency_by_source",
+    "our_metrics",
     "render_metrics",
-    "render_report",
     "render_span_tree",
+    "shown_points",
+    "span_children",
+    "span_parts",
 ]

@@ -22,6 +22,8 @@ from mi_credential.emulator import Emulator
 from ._services import CALL_TIMEOUT, OrdersApi, traced_headers
 from ._telemetry import DemoTelemetry
 
+#: No line the demo prints is wider than this.
+REPORT_WIDTH = 100
 _WIDTH = 96
 
 
@@ -32,6 +34,27 @@ class DemoError(Exception):
 def wrap(text: str, indent: str = "   ") -> str:
     """``text`` filled to the report's width, its continuation lines indented a little more."""
     return textwrap.fill(text, _WIDTH, initial_indent=indent, subsequent_indent=indent + "  ")
+
+
+def fit(text: str) -> str:
+    """``text`` with each line wider than :data:`REPORT_WIDTH` broken at spaces, the pieces
+    after the first indented three more than the line was. A word wider than that on its own
+    (a long path, say) is left whole, to be copied as it is."""
+    lines = []
+    for line in text.split("\n"):
+        if len(line) <= REPORT_WIDTH:
+            lines.append(line)
+            continue
+        indent = line[: len(line) - len(line.lstrip())]
+        lines += textwrap.wrap(
+            line.strip(),
+            REPORT_WIDTH,
+            initial_indent=indent,
+            subsequent_indent=indent + "   ",
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
+    return "\n".join(lines)
 
 
 @dataclass

@@ -44,9 +44,8 @@ async def the_credential_directly(stage: Stage) -> None:
     """A token through each hosting source and a cache hit; fifty concurrent callers sharing one
     request; a throttled endpoint retried; the typed error for an identity not assigned."""
     emulator = stage.emulator
-    stage.say(
-        f"   {'source':<18} {'first call':>10} {'second call':>17}  {'expires in':>10}  claims"
-    )
+    stage.say(f"   {'source':<17} {'first call':>10}  {'second call':<16}  claims")
+    lifetimes = []
     for source in ManagedIdentitySource:
         credential = await stage.credential(source)
         start = time.perf_counter()
@@ -58,17 +57,17 @@ async def the_credential_directly(stage: Stage) -> None:
         if again is not token:
             raise DemoError(f"{source.label}: the second call was not served from the cache")
         claims = emulator.verify(token.token, audience="https://storage.azure.com")
-        hours = (token.expires_on - time.time()) / 3600
+        lifetimes.append((token.expires_on - time.time()) / 3600)
+        second_call = f"{_report.duration(second)} cache hit"
         stage.say(
-            f"   {source.label:<18} {_report.duration(first):>10} "
-            f"{_report.duration(second):>7} cache hit  {hours:>8.1f} h  "
-            f"aud={claims['aud']} appid={str(claims['appid'])[:8]}..."
+            f"   {source.label:<17} {_report.duration(first):>10}  {second_call:<16}  "
+            f"aud={claims['aud']} appid={str(claims['appid'])[:8]}…"
         )
         stage.traffic.append((credential, STORAGE_SCOPE))
     stage.say(
         "   Each first call is one request to the emulated endpoint (Azure Arc: two, with its "
         "challenge);\n   the second is served from the cache. Tokens are RS256 JWTs, checked "
-        "against the emulator's key."
+        f"against the emulator's key;\n   each expires in {min(lifetimes):.1f} h."
     )
 
     # Single flight: concurrent callers on a cold cache share one request.
@@ -102,8 +101,8 @@ async def the_credential_directly(stage: Stage) -> None:
     elapsed = time.perf_counter() - start
     statuses = [r.status for r in emulator.requests_for(_S.IMDS)[before:]]
     stage.say(
-        f"   IMDS throttled (429, retry-after-ms: 200): answers {statuses}, "
-        f"token after {len(statuses)} attempts in {_report.duration(elapsed)}"
+        f"   IMDS throttled (429, retry-after-ms: 200): answers {statuses}, the token in "
+        f"{_report.duration(elapsed)}"
     )
     if statuses != [429, 200]:
         raise DemoError(f"expected a 429 then a 200, the endpoint answered {statuses}")
@@ -160,12 +159,13 @@ async def a_fastapi_app(stage: Stage) -> None:
     more = len(emulator.requests_for(_S.APP_SERVICE)) - before - warmed
     stage.say(f"   token requests made by the two calls: {more} (the warmed token was cached)")
     readiness = await stage.call_app("/health/identity")
-    scopes = ", ".join(
-        f"{s['scope']} expires in {s['expires_in'] / 3600:.1f} h" for s in readiness["scopes"]
+    scopes = "".join(
+        f"\n      {s['scope']} expires in {s['expires_in'] / 3600:.1f} h"
+        for s in readiness["scopes"]
     )
     stage.say(
         f"   GET /health/identity -> ready={readiness['ready']}, "
-        f"source={readiness['source']}, {scopes}"
+        f"source={readiness['source']}:{scopes}"
     )
 
 

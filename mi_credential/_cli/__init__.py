@@ -78,9 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
             "credential through each hosting source; a FastAPI app (ManagedIdentityMiddleware, "
             "served by uvicorn) calling a protected API through the aiohttp middleware; an "
             "azure-core pipeline client with BearerTokenPolicy. Then report acquisition latency "
-            "per source, the cache hit ratio, the span tree and the metric values. No token or "
-            "secret is printed. Exit code 0 if every step worked, 1 if one failed (or the OTLP "
-            "export did), 3 if an exporter an option needs is not installed."
+            "per source, the cache hit ratio, a line per metric (every series with --verbose) "
+            "and the span tree; --html also writes the run as a page. No token or secret is "
+            "printed. Exit code 0 if every step worked, 1 if one failed (or the OTLP export or "
+            "the HTML page did), 2 if an option cannot be used (a port in use, say), 3 if an "
+            "exporter an option needs is not installed."
         ),
     )
     demo.add_argument(
