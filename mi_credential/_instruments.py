@@ -73,11 +73,11 @@ class Instruments:
         self._stats: dict[tuple[tuple[str, str], ...], CacheStats] = {}
         self.recorders: dict[tuple[tuple[str, str], ...], Recorder] = {}
         """Recorders shared by credentials with the global tracer and the default clock."""
-        self.acquisition_duration = meter.create_histogram(
+        self.acquisition_duration = _histogram(
+            meter,
             ACQUISITION_DURATION,
-            unit="s",
-            description="Duration of token acquisitions (cache misses and refreshes).",
-            explicit_bucket_boundaries_advisory=list(ACQUISITION_BUCKETS),
+            "Duration of token acquisitions (cache misses and refreshes).",
+            ACQUISITION_BUCKETS,
         )
         self.refreshes = meter.create_counter(
             TOKEN_REFRESHES,
@@ -91,11 +91,8 @@ class Instruments:
             unit="{wait}",
             description="Acquisitions that waited for another process's refresh of a shared token.",
         )
-        self.http_duration = meter.create_histogram(
-            HTTP_CLIENT_DURATION,
-            unit="s",
-            description="Duration of HTTP client requests.",
-            explicit_bucket_boundaries_advisory=list(HTTP_BUCKETS),
+        self.http_duration = _histogram(
+            meter, HTTP_CLIENT_DURATION, "Duration of HTTP client requests.", HTTP_BUCKETS
         )
         meter.create_observable_counter(
             TOKEN_REQUESTS,
@@ -158,6 +155,24 @@ class Instruments:
                 if key not in soonest or value < soonest[key][0]:
                     soonest[key] = (value, attributes)
         return [Observation(value, attributes) for value, attributes in soonest.values()]
+
+
+def _histogram(
+    meter: metrics.Meter, name: str, description: str, buckets: tuple[float, ...]
+) -> metrics.Histogram:
+    """A histogram in seconds, advised to use ``buckets``. opentelemetry-api before 1.30 takes
+    no advice (``explicit_bucket_boundaries_advisory``), and neither may a meter of another
+    implementation: there the histogram is made without it, and has the SDK's default
+    boundaries unless a View sets them (``ExplicitBucketHistogramAggregation(buckets)``)."""
+    try:
+        return meter.create_histogram(
+            name,
+            unit="s",
+            description=description,
+            explicit_bucket_boundaries_advisory=list(buckets),
+        )
+    except TypeError:
+        return meter.create_histogram(name, unit="s", description=description)
 
 
 class _GlobalProvider:

@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from opentelemetry import trace
+from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -344,3 +344,46 @@ async def test_telemetry_failures_never_break_acquisition(
             environ=emulator.environ(S.IMDS), clock=clock, tracer_provider=tracer_provider
         ) as credential:
             assert emulator.verify((await credential.get_token(SCOPE)).token)
+
+
+class AdviceFreeMeter:
+    """A meter as opentelemetry-api before 1.30 has it: ``create_histogram`` takes no bucket
+    advice (``explicit_bucket_boundaries_advisory``)."""
+
+    def __init__(self, meter: Any) -> None:
+        self._meter = meter
+
+    def create_histogram(self, name: str, unit: str = "", description: str = "") -> Any:
+        return self._meter.create_histogram(name, unit=unit, description=description)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._meter, name)
+
+
+class AdviceFreeMeterProvider(metrics.MeterProvider):
+    def __init__(self, provider: MeterProvider) -> None:
+        self._provider = provider
+
+    def get_meter(self, name: str, version: str | None = None, schema_url: str | None = None,
+                  attributes: Any = None) -> Any:
+        return AdviceFreeMeter(self._provider.get_meter(name, version, schema_url))
+
+
+async def test_histograms_without_bucket_advice(
+    emulator: Emulator, clock: FakeClock, telemetry: Telemetry, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An API that takes no bucket advice still gets both histograms (with the SDK's default
+    buckets, which a View can set): metrics are not turned off, and the token comes."""
+    provider = AdviceFreeMeterProvider(telemetry.meter_provider)
+    async with ManagedIdentityCredential(
+        **emulator.client_options(S.APP_SERVICE), clock=clock, sleep=clock.sleep,
+        tracer_provider=telemetry.tracer_provider, meter_provider=provider,
+    ) as credential:
+        assert emulator.verify((await credential.get_token(SCOPE)).token)
+    assert not [r for r in caplog.records if "metrics are disabled" in r.getMessage()]
+    points = telemetry.metrics()
+    (duration,) = points["mi_credential.token.acquisition.duration"]
+    assert duration.count == 1
+    assert tuple(duration.explicit_bounds) != ACQUISITION_BUCKETS  # no advice was taken
+    (http,) = points["http.client.request.duration"]
+    assert http.count == 1
