@@ -2,7 +2,9 @@
 
 :class:`BearerTokenPolicy` is a drop-in for azure-core's ``AsyncBearerTokenCredentialPolicy`` that
 keeps no token of its own: the credential's cache, single-flight refresh and
-stale-while-revalidate behaviour apply to every client that shares the credential.
+stale-while-revalidate behaviour apply to every client that shares the credential. It goes where
+a client takes ``authentication_policy=`` (generated clients such as ``azure-mgmt-*``, your own
+``AsyncPipelineClient``); Storage, Tables and Key Vault clients take the credential only.
 :func:`get_bearer_token_provider` gives a plain ``async () -> str`` for code that wants a token
 string.
 

@@ -32,13 +32,18 @@ class BearerTokenPolicy(AsyncHTTPPolicy[HTTPRequestType, AsyncHTTPResponseType])
     """Adds an ``Authorization: Bearer`` header with a token from the credential.
 
     A drop-in for azure-core's ``AsyncBearerTokenCredentialPolicy``: pass it as
-    ``authentication_policy=`` to an Azure SDK client that takes that keyword, or put it in the
-    policies of an ``AsyncPipelineClient``/``AsyncPipeline``. The difference is where the token
-    lives. azure-core's policy keeps its own copy per client and refreshes it on its own schedule:
-    ten clients sharing a credential ask it ten times at refresh time, and when one client answers
-    a claims challenge the other nine keep the revoked copy and are each challenged in turn. This
-    policy keeps no copy: it asks the credential for every request, so the credential's cache,
-    its single-flight refresh and its stale-while-revalidate behaviour are the only ones. With
+    ``authentication_policy=`` to an Azure SDK client that takes that keyword (the generated
+    ``azure-mgmt-*`` clients), or put it in the policies of an
+    ``AsyncPipelineClient``/``AsyncPipeline``. The Storage, Tables and Key Vault clients build
+    their own pipeline and cannot take it (they ignore it, refuse it without an account key, or
+    raise ``TypeError``): give them the credential as ``credential=``.
+
+    The difference from azure-core's policy is where the token lives. azure-core's policy keeps
+    its own copy per client and refreshes it on its own schedule: ten clients sharing a credential
+    ask it ten times at refresh time, and when one client answers a claims challenge the other
+    nine keep the revoked copy and are each challenged in turn. This policy keeps no copy: it asks
+    the credential for every request, so the credential's cache, its single-flight refresh and its
+    stale-while-revalidate behaviour are the only ones. With
     :class:`mi_credential.ManagedIdentityCredential` a cache hit is a dictionary lookup.
 
     Behaviour matches azure-core's policy otherwise:

@@ -16,10 +16,19 @@ a loopback port where nothing listens, and one where connects hang.
 Needs the ``emulator`` extra (PyJWT, cryptography): ``pip install "mi-credential[emulator]"``.
 """
 
-from ._faults import Fault, RecordedRequest
-from ._identities import DEFAULT_TENANT_ID, EmulatedIdentity
-from ._server import Emulator
-from ._sockets import hanging_port, refusing_port
+try:
+    from ._faults import Fault, RecordedRequest
+    from ._identities import DEFAULT_TENANT_ID, EmulatedIdentity
+    from ._server import Emulator
+    from ._sockets import hanging_port, refusing_port
+except ModuleNotFoundError as exc:  # the extra is missing: say which one, not only the module
+    if (exc.name or "").partition(".")[0] not in ("jwt", "cryptography"):
+        raise
+    raise ModuleNotFoundError(
+        "mi_credential.emulator needs the emulator extra (PyJWT and cryptography), which is "
+        "not installed: pip install 'mi-credential[emulator]'",
+        name=exc.name,
+    ) from exc
 
 __all__ = [
     "DEFAULT_TENANT_ID",
