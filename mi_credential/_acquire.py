@@ -28,7 +28,6 @@ from ._retry import (
     parse_retry_after,
 )
 from ._sources import Target, TokenSource
-from ._sources._parse import scrub_metadata
 from ._store import TokenStore, through
 from ._transport import Transport, TransportError
 from ._version import __version__
@@ -324,7 +323,7 @@ class Acquirer:
             recorder.finish_attempt(attempt, error_type=type(exc).__name__)
             raise
         recorder.finish_attempt(attempt, status=response.status)
-        return scrub_metadata(response, request.secrets)
+        return response
 
 
 shared_acquirer = functools.lru_cache(maxsize=32)(Acquirer)

@@ -18,7 +18,7 @@ import asyncio
 import functools
 import time
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager, suppress
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote_plus
@@ -318,8 +318,8 @@ class Transport:
                 body = await read_body(response, MAX_RESPONSE_BYTES)
                 return RawResponse(
                     status=response.status,
-                    reason=scrub(response.reason or "", request.secrets),
-                    headers=response.headers,  # case-insensitive, immutable
+                    reason=scrub(response.reason or "", request.secrets, limit=80),
+                    headers=_quotable_headers(response.headers, request.secrets),
                     body=body.data,
                     truncated=body.too_large,
                 )
@@ -346,3 +346,17 @@ def _response_limits() -> dict[str, Any]:
     if "max_headers" in inspect.signature(aiohttp.ClientSession._request).parameters:
         limits["max_headers"] = 128  # aiohttp 3.13.4 and later
     return limits
+
+
+def _quotable_headers(headers: Mapping[str, str], secrets: tuple[str, ...]) -> Mapping[str, str]:
+    """``headers`` (aiohttp's case-insensitive, immutable mapping) as they are, unless the one
+    that messages quote, ``Content-Type``, holds a secret or JWT-shaped text: then a copy with
+    it scrubbed, like the reason phrase and the body are (names lower-cased, first value kept)."""
+    content_type = headers.get("content-type")
+    if content_type is None or scrub(content_type, secrets, limit=200) == content_type:
+        return headers
+    copy: dict[str, str] = {}
+    for name, value in headers.items():
+        copy.setdefault(name.lower(), value)
+    copy["content-type"] = scrub(content_type, secrets, limit=200)
+    return copy

@@ -47,21 +47,6 @@ def token_problem(token: object, token_type: object) -> str | None:
     return None
 
 
-def scrub_metadata(response: RawResponse, secrets: Sequence[str]) -> RawResponse:
-    """``response`` with its reason phrase and ``Content-Type`` (the metadata messages quote)
-    scrubbed of ``secrets`` and JWT-shaped text, like its body is: an endpoint echoing the
-    identity header in either must not put it into an exception or a log line."""
-    reason = scrub(response.reason, secrets, limit=80) if response.reason else response.reason
-    content_type = response.header("content-type")
-    if content_type is None or scrub(content_type, secrets, limit=200) == content_type:
-        return response if reason == response.reason else response._replace(reason=reason)
-    headers: dict[str, str] = {}
-    for name, value in response.headers.items():
-        headers.setdefault(name.lower(), value)
-    headers["content-type"] = scrub(content_type, secrets, limit=200)
-    return response._replace(reason=reason, headers=headers)
-
-
 def parse_epoch(value: object) -> int | None:
     """An absolute expiry as epoch seconds: an integer, a numeric string, or a date string in one
     of the formats the platforms send (``06/20/2019 02:57:58 +00:00``, ``1/16/2020 5:24:12 AM
