@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -38,6 +39,22 @@ class FakeClock:
         self.sleeps.append(seconds)
         self.now += seconds
         await asyncio.sleep(0)
+
+
+#: Where IMDS is for a child process the tests start: a loopback port nothing listens on (the
+#: discard port), never 169.254.169.254, whatever the child ends up doing.
+CHILD_IMDS = "http://127.0.0.1:9"
+
+
+def child_environ(**overrides: str) -> dict[str, str]:
+    """The environment of a child process the tests start: this one's without any managed
+    identity variable, IMDS pointed at loopback, then ``overrides``. The in-process guard
+    (:func:`loopback_only`) does not reach into children; this keeps them off the network."""
+    names = {*EnvironmentVariables.ALL, "MI_CREDENTIAL_SHARED_CACHE"}
+    env = {k: v for k, v in os.environ.items() if k not in names}
+    env[EnvironmentVariables.AZURE_POD_IDENTITY_AUTHORITY_HOST] = CHILD_IMDS
+    env.update(overrides)
+    return env
 
 
 @pytest.fixture(autouse=True)
