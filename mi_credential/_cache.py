@@ -50,14 +50,19 @@ class CacheStats:
     at collection time: counting costs the hot path an integer increment, never an
     OpenTelemetry call. Shared by the credentials that record with the same attributes."""
 
-    __slots__ = ("attributes", "coalesced", "hits", "miss_errors", "misses", "stale")
+    __slots__ = (
+        "attributes", "coalesced", "hits", "miss_cancels", "miss_errors", "miss_successes", "stale"
+    )
 
     def __init__(self, attributes: dict[str, str]) -> None:
         self.attributes = attributes
         self.hits = 0
         self.stale = 0
-        self.misses = 0
+        # A miss is counted when its caller has its answer, by outcome: each count only grows,
+        # as a counter must (one counted on arrival and moved to errors on failure would drop).
+        self.miss_successes = 0
         self.miss_errors = 0
+        self.miss_cancels = 0  # the caller was cancelled while it waited: neither of the two
         self.coalesced = 0
 
 
@@ -235,16 +240,20 @@ class TokenCache:
         """Wait for an acquisition on a future of this caller's own: a caller that is cancelled
         cancels its future, never the acquisition the others wait for."""
         stats = self.stats
-        stats.misses += 1
         if coalesced:
             stats.coalesced += 1
         waiter: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()
         flight.waiters.append(waiter)
         try:
-            return await waiter
+            entry = await waiter
+        except asyncio.CancelledError:
+            stats.miss_cancels += 1
+            raise
         except BaseException:
             stats.miss_errors += 1
             raise
+        stats.miss_successes += 1
+        return entry
 
     def expiries(self) -> list[tuple[str, float]]:
         """``(resource, seconds to expiry)`` per cached token. Called from metric readers'

@@ -5,8 +5,8 @@ recording is ``_recorder``'s.
 * One INTERNAL span ``ManagedIdentityCredential.get_token`` per acquisition (a cache miss, an
   expired token, a forced or a background refresh), never per cache hit.
 * One CLIENT span per HTTP attempt, with the stable HTTP semantic conventions. HTTP
-  auto-instrumentation (e.g. ``opentelemetry-instrumentation-aiohttp-client``) is suppressed
-  inside it, so no span is doubled and no secret header is captured.
+  auto-instrumentation (e.g. ``opentelemetry-instrumentation-aiohttp-client``, any release) is
+  suppressed inside it, so no span is doubled and no secret header is captured.
 * Metrics (see the README's telemetry reference). Cache hits and the other per-call counts are
   plain integers (``_cache.CacheStats``), read by observable instruments at collection time: a
   cache hit makes no OpenTelemetry call.
@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics, trace
+from opentelemetry.context import _SUPPRESS_HTTP_INSTRUMENTATION_KEY, _SUPPRESS_INSTRUMENTATION_KEY
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from ._cache import CacheStats, live_caches
@@ -47,12 +48,13 @@ from .telemetry import (
 if TYPE_CHECKING:
     from ._recorder import Recorder
 
-try:  # The key azure-core and the HTTP instrumentations agree on.
-    from opentelemetry.context import _SUPPRESS_HTTP_INSTRUMENTATION_KEY
-
-    SUPPRESS_HTTP_INSTRUMENTATION_KEY: str = _SUPPRESS_HTTP_INSTRUMENTATION_KEY
-except ImportError:  # pragma: no cover - very old opentelemetry-api
-    SUPPRESS_HTTP_INSTRUMENTATION_KEY = "suppress_http_instrumentation"
+#: What a token request makes current so that no auto-instrumentation adds a span of its own
+#: beside the attempt's: the key azure-core and the HTTP instrumentations agree on, and the
+#: general one, which the aiohttp-client instrumentation reads before 0.60b0.
+SUPPRESS_INSTRUMENTATION_KEYS: tuple[str, ...] = (
+    _SUPPRESS_HTTP_INSTRUMENTATION_KEY,
+    _SUPPRESS_INSTRUMENTATION_KEY,
+)
 
 
 class Instruments:
@@ -132,8 +134,9 @@ class Instruments:
             for result, outcome, value in (
                 ("hit", "success", stats.hits),
                 ("stale", "success", stats.stale),
-                ("miss", "success", stats.misses - stats.miss_errors),
+                ("miss", "success", stats.miss_successes),
                 ("miss", "error", stats.miss_errors),
+                ("miss", "cancelled", stats.miss_cancels),
             ):
                 attributes = {**stats.attributes, CACHE_RESULT: result, OUTCOME: outcome}
                 observations.append(Observation(value, attributes))
@@ -160,10 +163,10 @@ class Instruments:
 def _histogram(
     meter: metrics.Meter, name: str, description: str, buckets: tuple[float, ...]
 ) -> metrics.Histogram:
-    """A histogram in seconds, advised to use ``buckets``. opentelemetry-api before 1.30 takes
-    no advice (``explicit_bucket_boundaries_advisory``), and neither may a meter of another
-    implementation: there the histogram is made without it, and has the SDK's default
-    boundaries unless a View sets them (``ExplicitBucketHistogramAggregation(buckets)``)."""
+    """A histogram in seconds, advised to use ``buckets``. A meter of another implementation
+    (or of opentelemetry-api before 1.30, below the floor) may take no advice
+    (``explicit_bucket_boundaries_advisory``): there the histogram is made without it, and has
+    the default boundaries unless a View sets them (``ExplicitBucketHistogramAggregation``)."""
     try:
         return meter.create_histogram(
             name,

@@ -18,7 +18,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from ._instruments import (
-    SUPPRESS_HTTP_INSTRUMENTATION_KEY,
+    SUPPRESS_INSTRUMENTATION_KEYS,
     Instruments,
     instruments_for,
     tracer_for,
@@ -210,9 +210,10 @@ class Recorder:
             # Only the suppression flag is made current, not the span: aiohttp's timer handles
             # copy the context and keep it until they expire, and a span kept there would
             # outlive the request by the read timeout.
-            token = otel_context.attach(
-                otel_context.set_value(SUPPRESS_HTTP_INSTRUMENTATION_KEY, True)
-            )
+            suppressed = otel_context.get_current()
+            for key in SUPPRESS_INSTRUMENTATION_KEYS:
+                suppressed = otel_context.set_value(key, True, suppressed)
+            token = otel_context.attach(suppressed)
         except Exception:
             _logger.debug("could not start an attempt span", exc_info=True)
             return Attempt(trace.INVALID_SPAN, attributes, start, None)

@@ -197,7 +197,7 @@ async def test_metric_points(emulator: Emulator, clock: FakeClock, telemetry: Te
         for p in points["mi_credential.token.requests"]
     }
     assert requests == {("hit", "success"): 2, ("stale", "success"): 1,
-                        ("miss", "success"): 10, ("miss", "error"): 0}
+                        ("miss", "success"): 10, ("miss", "error"): 0, ("miss", "cancelled"): 0}
     assert all(dict(p.attributes).items() >= common.items() for p in points["mi_credential.token.requests"])
     refreshes = {
         (p.attributes["mi_credential.refresh.reason"], p.attributes["mi_credential.outcome"]): p.value
@@ -214,6 +214,37 @@ async def test_metric_points(emulator: Emulator, clock: FakeClock, telemetry: Te
     http = points["http.client.request.duration"]
     assert sum(p.count for p in http) == 2
     assert {p.attributes["http.response.status_code"] for p in http} == {200}
+
+
+async def test_miss_counts_only_grow_and_a_cancelled_caller_is_no_error(
+    emulator: Emulator, clock: FakeClock, telemetry: Telemetry
+) -> None:
+    """A miss is counted when its caller has its answer: a count never drops (a counter that
+    did would read as a reset), and a caller cancelled while it waits is not a failure."""
+
+    def misses() -> dict[str, int]:
+        return {
+            p.attributes["mi_credential.outcome"]: p.value
+            for p in telemetry.metrics()["mi_credential.token.requests"]
+            if p.attributes["mi_credential.cache.result"] == "miss"
+        }
+
+    emulator.add_fault(Fault.status_code(400, times=1))
+    async with credential_for(emulator, clock, telemetry) as credential:
+        with emulator.hold():
+            leaving = asyncio.ensure_future(credential.get_token(SCOPE))
+            staying = asyncio.ensure_future(credential.get_token(SCOPE))
+            await emulator.wait_for_requests(1)
+            assert misses() == {"success": 0, "error": 0, "cancelled": 0}  # no answer yet
+            leaving.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await leaving
+            assert misses() == {"success": 0, "error": 0, "cancelled": 1}
+        with pytest.raises(TokenRequestError):
+            await staying
+        assert misses() == {"success": 0, "error": 1, "cancelled": 1}
+        await credential.get_token(SCOPE)
+        assert misses() == {"success": 1, "error": 1, "cancelled": 1}
 
 
 async def test_counts_of_several_credentials_add_up(

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import aiohttp
+import opentelemetry.instrumentation.aiohttp_client as aiohttp_instrumentation
 import pytest
 from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -21,6 +22,11 @@ from .conftest import API_SCOPE, LoopbackResolver, ProtectedApi, Tls
 
 AIOHTTP_SCOPE = "opentelemetry.instrumentation.aiohttp_client"
 ACQUISITION = "ManagedIdentityCredential.get_token"
+#: Whether this release of the instrumentation records request headers at all (the releases of
+#: the API floor's train, before 0.61b0, record none; the token scan below holds either way).
+CAPTURES_HEADERS = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST" in (
+    aiohttp_instrumentation.__doc__ or ""
+)
 
 
 @pytest.fixture
@@ -94,7 +100,8 @@ async def test_the_acquisition_span_is_a_child_of_the_aiohttp_client_span(
     # instrumentation reads the headers before the middleware adds Authorization.
     for span in client_spans:
         keys = {k.lower() for k in span.attributes or {}}
-        assert any("x_trace_me" in k or "x-trace-me" in k for k in keys), keys
+        if CAPTURES_HEADERS:
+            assert any("x_trace_me" in k or "x-trace-me" in k for k in keys), keys
         assert not any("authorization" in k for k in keys), keys
     tokens = [s.token for s in api.seen if s.token]
     assert len(tokens) == 2
