@@ -229,6 +229,10 @@ def test_emulate_on_a_port_in_use_names_it_and_leaves_nothing(
 
 def test_the_demo_on_a_port_in_use_names_it_and_leaves_nothing(tmp: Path, busy_port: int) -> None:
     """The demo words the message itself, or leaves it to the command line's own handler."""
+    pytest.importorskip(
+        "opentelemetry.exporter.prometheus",
+        reason="the demo extra is not installed (the floors run installs the test extra only)",
+    )
     result = run_cli(tmp, "demo", "--prometheus-port", str(busy_port))
     line = assert_usage_error(result, tmp, "--prometheus-port", str(busy_port), prog=False)
     assert "in use" in line.lower()

@@ -24,6 +24,17 @@ ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 PROJECT = PYPROJECT["project"]
 FLOORS = ROOT / ".ci" / "floors.txt"
+DEMO_FLOORS = ROOT / ".ci" / "floors-demo.txt"
+#: Each floors file and the extras whose every floor it pins, with the runtime dependencies'.
+#: CI installs each in a virtualenv of its own: the first with the core and integration tests,
+#: the second with the demo and its tests (the dashboard's shared-cache row among them).
+FLOOR_SETS = {
+    FLOORS: ("emulator", "shared-cache", "starlette", "fastapi"),
+    DEMO_FLOORS: ("emulator", "shared-cache", "demo"),
+}
+#: The extras whose OpenTelemetry packages are of the demo's release train (its Prometheus
+#: exporter's), later than the API floor's.
+DEMO_TRAIN_EXTRAS = ("demo", "dev")
 PACKAGES = [
     "mi_credential",
     "mi_credential_aiohttp",
@@ -45,13 +56,13 @@ def floor(requirement: Requirement) -> Version | None:
     return found[0] if found else None
 
 
-def pinned() -> dict[str, Version]:
+def pinned(path: Path = FLOORS) -> dict[str, Version]:
     pins: dict[str, Version] = {}
-    for line in FLOORS.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines():
         text = line.split("#", 1)[0].strip()
         if text:
             name, _, version = text.partition("==")
-            assert version, f"{FLOORS.name}: {line!r} is not name==version"
+            assert version, f"{path.name}: {line!r} is not name==version"
             pins[canonical(name)] = Version(version)
     return pins
 
@@ -80,7 +91,7 @@ def test_the_changelog_has_an_unreleased_section() -> None:
 
 def test_every_runtime_floor_is_pinned_in_the_floors_file() -> None:
     pins = pinned()
-    for requirement in requirements() + [r for e in FLOORED_EXTRAS for r in requirements(e)]:
+    for requirement in requirements() + [r for e in FLOOR_SETS[FLOORS] for r in requirements(e)]:
         assert floor(requirement) is not None, f"{requirement} has no floor"
         assert pins.get(canonical(requirement.name)) == floor(requirement), (
             f"{requirement}: .ci/floors.txt pins {pins.get(canonical(requirement.name))}"
@@ -90,41 +101,72 @@ def test_every_runtime_floor_is_pinned_in_the_floors_file() -> None:
             assert pins[canonical(requirement.name)] == floor(requirement), requirement
 
 
+def test_every_demo_floor_is_pinned_in_the_demo_floors_file() -> None:
+    pins = pinned(DEMO_FLOORS)
+    declared = requirements() + [r for e in FLOOR_SETS[DEMO_FLOORS] for r in requirements(e)]
+    for requirement in declared:
+        if requirement.name == PROJECT["name"]:  # the demo's own extras, in the set already
+            continue
+        lowest = floor(requirement)
+        assert lowest is not None, f"{requirement} has no floor"
+        pin = pins.get(canonical(requirement.name))
+        assert pin is not None, f"{requirement}: not in {DEMO_FLOORS.name}"
+        if requirement.name == "opentelemetry-api":
+            # The demo's SDK pins its own train's API exactly: that one, above the API floor.
+            assert pin >= lowest and train(pin) == demo_train(), requirement
+        else:
+            assert pin == lowest, f"{requirement}: {DEMO_FLOORS.name} pins {pin}"
+
+
 def test_a_package_has_one_floor_wherever_it_is_declared() -> None:
-    floors: dict[str, set[Version]] = {}
+    """One floor per package, but for the OpenTelemetry packages of the demo's train."""
+    floors: dict[tuple[str, bool], set[Version]] = {}
     for extra in [None, *PROJECT["optional-dependencies"]]:
         for requirement in requirements(extra):
             lowest = floor(requirement)
             if lowest is not None:
-                floors.setdefault(canonical(requirement.name), set()).add(lowest)
+                demo = extra in DEMO_TRAIN_EXTRAS and requirement.name.startswith("opentelemetry-")
+                floors.setdefault((canonical(requirement.name), demo), set()).add(lowest)
     assert {name: found for name, found in floors.items() if len(found) > 1} == {}
 
 
-def test_the_floors_file_pins_only_declared_packages() -> None:
+@pytest.mark.parametrize("path", list(FLOOR_SETS), ids=lambda path: path.name)
+def test_a_floors_file_pins_only_declared_packages(path: Path) -> None:
     declared = {
         canonical(r.name)
         for extra in [None, *PROJECT["optional-dependencies"]]
         for r in requirements(extra)
     }
-    assert set(pinned()) - declared == set()
+    assert set(pinned(path)) - declared == set()
 
 
-def test_opentelemetry_bounds_are_one_release_train() -> None:
-    """SDK 1.X goes with the instrumentations 0.(X+21)b0: floors and caps agree across them."""
+def test_opentelemetry_bounds_are_release_trains() -> None:
+    """SDK 1.X goes with the instrumentations and exporters 0.(X+21)b0. Every OpenTelemetry floor
+    is of the API floor's train, but the demo's (and dev's copies of them), which are all of the
+    demo's train; every cap is of one train."""
     api_floor = floor(next(r for r in requirements() if r.name == "opentelemetry-api"))
     assert api_floor is not None
+    assert demo_train() > train(api_floor)
     caps: set[tuple[int, int]] = set()
     for extra in PROJECT["optional-dependencies"]:
+        expected = demo_train() if extra in DEMO_TRAIN_EXTRAS else train(api_floor)
         for requirement in requirements(extra):
             if not requirement.name.startswith("opentelemetry-"):
                 continue
             lowest = floor(requirement)
             assert lowest is not None
-            assert train(lowest) == train(api_floor), requirement
+            assert train(lowest) == expected, requirement
             for spec in requirement.specifier:
                 if spec.operator == "<=":
                     caps.add(train(Version(spec.version)))
     assert len(caps) == 1, f"the OpenTelemetry caps are of different trains: {caps}"
+
+
+def demo_train() -> tuple[int, int]:
+    sdk = next(r for r in requirements("demo") if r.name == "opentelemetry-sdk")
+    lowest = floor(sdk)
+    assert lowest is not None
+    return train(lowest)
 
 
 def train(version: Version) -> tuple[int, int]:
@@ -188,4 +230,5 @@ def test_the_wheel_declares_the_license_and_holds_it(built: dict[str, Path]) -> 
 def test_the_sdist_holds_the_license_changelog_and_floors(built: dict[str, Path]) -> None:
     with tarfile.open(built["sdist"]) as sdist:
         names = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
-    assert {"LICENSE", "CHANGELOG.md", "README.md", ".ci/floors.txt", "pyproject.toml"} <= names
+    assert {"LICENSE", "CHANGELOG.md", "README.md", "pyproject.toml"} <= names
+    assert {".ci/run", ".ci/floors.txt", ".ci/floors-demo.txt"} <= names
