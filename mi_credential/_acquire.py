@@ -237,7 +237,11 @@ class Acquirer:
                     response, request, attempts=state.attempts, elapsed=elapsed
                 )
             error = source.unreachable_error(
-                request, response.description, attempts=state.attempts, elapsed=elapsed
+                request,
+                response.description,
+                attempts=state.attempts,
+                elapsed=elapsed,
+                tls=response.tls,
             )
             if first_contact and response.connect and contact is not None:
                 error = contact.unavailable(error, self._monotonic())

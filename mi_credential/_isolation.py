@@ -47,16 +47,25 @@ class TransportError(Exception):
         connect: The connection was never established (refused, unreachable, timed out): the
             endpoint may not exist at all.
         timed_out: The failure was a timeout.
+        tls: The failure was TLS's (a certificate, a thumbprint, a handshake): something
+            answered there, and the description says what to check.
     """
 
     def __init__(
-        self, description: str, *, retryable: bool, connect: bool = False, timed_out: bool = False
+        self,
+        description: str,
+        *,
+        retryable: bool,
+        connect: bool = False,
+        timed_out: bool = False,
+        tls: bool = False,
     ) -> None:
         super().__init__(description)
         self.description = description
         self.retryable = retryable
         self.connect = connect
         self.timed_out = timed_out
+        self.tls = tls
 
 
 class Cause(Exception):
@@ -146,19 +155,23 @@ def _classify(exc: Exception, secrets: tuple[str, ...]) -> TransportError:
 
     if isinstance(exc, aiohttp.ServerFingerprintMismatch):
         return TransportError(
-            "the server certificate does not match IDENTITY_SERVER_THUMBPRINT", retryable=False
+            "the server certificate does not match IDENTITY_SERVER_THUMBPRINT",
+            retryable=False,
+            tls=True,
         )
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         return TransportError(
             f"the server certificate was not trusted: {_said(exc.certificate_error, secrets)}; "
             f"{_PRIVATE_CA}",
             retryable=False,
+            tls=True,
         )
     if isinstance(exc, aiohttp.ClientSSLError):
         return TransportError(
             f"TLS failed: {_reason(exc, secrets)}; check that the endpoint serves https at "
             f"that port, and {_PRIVATE_CA}",
             retryable=False,
+            tls=True,
         )
     if isinstance(exc, aiohttp.ClientConnectorError):
         return TransportError(

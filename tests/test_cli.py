@@ -56,6 +56,36 @@ def test_a_command_no_package_provides_is_exit_code_3(
     assert 'pip install "mi-credential[demo]"' in captured.err
 
 
+def test_only_a_missing_module_of_another_distribution_is_a_missing_extra(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An ImportError of another kind (a name a module lacks, or a module of this package
+    missing: a broken installation) is not worded as an extra to install."""
+
+    def load(error: ImportError) -> object:
+        def entry_points(**selection: object) -> tuple[object, ...]:
+            class EntryPoint:
+                def load(self) -> object:
+                    raise error
+
+            return (EntryPoint(),)
+
+        return entry_points
+
+    monkeypatch.setattr(cli, "entry_points", load(ModuleNotFoundError("x", name="uvicorn")))
+    assert cli.main(["demo"]) == cli.EXIT_MISSING_DEPENDENCY
+    assert "(uvicorn is missing)" in capsys.readouterr().err
+    for error in (
+        ImportError("cannot import name 'Thing' from 'fastapi'", name="fastapi"),
+        ModuleNotFoundError("x", name="mi_credential_demo._steps"),
+    ):
+        monkeypatch.setattr(cli, "entry_points", load(error))
+        with pytest.raises(ImportError) as raised:
+            cli.main(["demo"])
+        assert raised.value is error
+        assert "pip install" not in capsys.readouterr().err
+
+
 # -- emulate: what it prints, pasted into a shell ------------------------------------------------
 
 #: What a shell may hold before a block is pasted: every source's variables, pointing nowhere.

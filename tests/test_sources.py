@@ -447,11 +447,15 @@ def test_imds_400_invalid_resource_is_not_unavailable() -> None:
 def test_imds_unreachable_hint_blames_the_machine_only_for_the_default_address() -> None:
     request = request_for(S.IMDS)
     default = create_source(CONFIGS[S.IMDS], build_identity(None, None))
-    error = default.unreachable_error(request, "connection failed", attempts=2, elapsed=0.2)
+    error = default.unreachable_error(
+        request, "connection failed", attempts=2, elapsed=0.2, tls=False
+    )
     assert "probably not running on an Azure VM" in str(error)
     pod = CONFIGS[S.IMDS]._replace(endpoint="http://127.0.0.1:2579/metadata/identity/oauth2/token")
     overridden = create_source(pod, build_identity(None, None))
-    error = overridden.unreachable_error(request, "connection failed", attempts=2, elapsed=0.2)
+    error = overridden.unreachable_error(
+        request, "connection failed", attempts=2, elapsed=0.2, tls=False
+    )
     assert "AZURE_POD_IDENTITY_AUTHORITY_HOST" in str(error)
     assert "Azure VM" not in str(error)
 

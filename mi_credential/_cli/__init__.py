@@ -247,7 +247,7 @@ def _command(args: argparse.Namespace) -> Command | None:
     no installed package provides its entry point.
 
     Raises:
-        ImportError: The command needs an optional dependency that is not installed.
+        ModuleNotFoundError: The command needs an optional dependency that is not installed.
     """
     module = getattr(args, "module", None)
     if module is not None:
@@ -265,7 +265,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     extra = _EXTRA.get(args.command, "emulator")
     try:
         command = _command(args)
-    except ImportError as exc:
+    except ModuleNotFoundError as exc:
+        if not exc.name or exc.name.partition(".")[0].startswith("mi_credential"):
+            raise  # a module of this package itself: a broken installation, not a missing extra
         print(
             f"'{args.command}' needs optional dependencies ({exc.name} is missing): "
             f'pip install "mi-credential[{extra}]"',

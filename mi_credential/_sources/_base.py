@@ -380,13 +380,13 @@ class TokenSource:
         )
 
     def unreachable_error(
-        self, request: TokenRequest, cause: str, *, attempts: int, elapsed: float
+        self, request: TokenRequest, cause: str, *, attempts: int, elapsed: float, tls: bool
     ) -> CredentialUnavailableError:
-        """The error when the endpoint never answered."""
+        """The error when the endpoint never answered (``tls``: no trusted connection)."""
+        hint = "" if tls else f" {self.unreachable_hint()}"
         return CredentialUnavailableError(
             f"{self.endpoint_name} {redact_url(request.url)} did not "
-            f"answer ({cause}) after {_attempts(attempts)} in {elapsed:.1f} s. "
-            f"{self.unreachable_hint()}",
+            f"answer ({cause}) after {_attempts(attempts)} in {elapsed:.1f} s.{hint}",
             source=self.kind,
             attempts=attempts,
             elapsed=elapsed,

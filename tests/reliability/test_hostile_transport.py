@@ -774,6 +774,8 @@ async def test_tls_oddities(
     assert time.monotonic() - started < 5
     assert isinstance(error, CredentialUnavailableError)
     assert message in str(error)
+    # What to check: the certificate or the port, never whether the endpoint is there at all.
+    assert ("reachable" in str(error)) is (message not in ("not trusted", "TLS failed"))
     assert error.attempts == attempts
     if kind != "untrusted":  # a handshake refused by the client never reaches the handler
         assert endpoint.connections == attempts
@@ -805,12 +807,6 @@ def endless(prefix: bytes, piece: bytes, *, pace: float = 0.0) -> Behaviour:
                 await asyncio.sleep(pace)
 
     return behaviour
-
-
-def max_headers_supported() -> bool:
-    import inspect
-
-    return "max_headers" in inspect.signature(aiohttp.ClientSession._request).parameters
 
 
 CHUNKED = ("Transfer-Encoding: chunked",)
@@ -907,8 +903,6 @@ async def test_a_server_that_breaks_http(
     served: Any, clock: FakeClock, caplog: pytest.LogCaptureFixture, case: str
 ) -> None:
     behaviour, outcome, real_clock = HOSTILE[case]
-    if case == "10 000 headers" and not max_headers_supported():
-        pytest.skip("aiohttp before 3.13.4 has no limit on the number of headers")
     endpoint = await served(behaviour)
     options: dict[str, Any] = {"read_timeout": 0.5}
     if real_clock:
