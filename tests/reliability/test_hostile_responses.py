@@ -25,6 +25,7 @@ from mi_credential import (
 from mi_credential._constants import MAX_TOKEN_LIFETIME
 from mi_credential_aiohttp import create_session
 
+from .._leaks import assert_no_secret
 from ..conftest import FakeClock
 
 pytestmark = pytest.mark.reliability
@@ -86,23 +87,8 @@ def credential_for(endpoint: Endpoint, clock: FakeClock, **kwargs: Any) -> Manag
     )
 
 
-def everything_said(error: BaseException) -> str:
-    """Every text an error reporter could take from ``error``: str, repr, attributes, the
-    whole cause chain, the formatted traceback."""
-    parts: list[str] = []
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        parts += [str(current), repr(current), *(repr(v) for v in vars(current).values())]
-        current = current.__cause__ or current.__context__
-    parts += traceback.format_exception(error)
-    return "\n".join(parts)
-
-
-def assert_clean(text: str) -> None:
-    for secret in (SECRET, JWT, TOKEN):
-        assert secret not in text
+def assert_clean(error: BaseException, caplog: pytest.LogCaptureFixture | None = None) -> None:
+    assert_no_secret(error, (SECRET, JWT, TOKEN), caplog.records if caplog else ())
 
 
 async def failure(endpoint: Endpoint, clock: FakeClock, **kwargs: Any) -> ManagedIdentityError:
@@ -133,10 +119,7 @@ async def test_reason_phrase_and_content_type_echoing_secrets_are_scrubbed(
     error = await failure(endpoint, clock)
     assert f"HTTP {status}" in str(error)
     assert error.reason is not None and error.reason.startswith("Echo ")
-    text = everything_said(error)
-    assert_clean(text)
-    for record in caplog.records:
-        assert_clean(record.getMessage())
+    assert_clean(error, caplog)
 
 
 def nested(depth: int) -> bytes:
@@ -172,7 +155,7 @@ async def test_numbers_too_large_for_a_float_are_no_expiry(
     endpoint.handler = respond(body=body.encode(), content_type="application/json")
     error = await failure(endpoint, clock)
     assert isinstance(error, InvalidTokenResponseError)
-    assert_clean(everything_said(error))
+    assert_clean(error)
 
 
 async def test_a_refresh_in_too_large_for_a_float_is_ignored(
@@ -262,7 +245,7 @@ async def test_a_token_type_that_is_not_a_word_is_refused(
     endpoint.handler = handler
     error = await failure(endpoint, clock)
     assert isinstance(error, InvalidTokenResponseError)
-    assert_clean(everything_said(error))
+    assert_clean(error)
 
 
 async def test_a_bad_token_through_the_aiohttp_middleware_is_a_typed_error(
@@ -326,7 +309,7 @@ async def test_nothing_but_typed_errors_escape(
             endpoint.handler = respond(status, body=body, content_type="application/json")
             error = await failure(endpoint, clock, timeout=5)
             assert isinstance(error, ManagedIdentityError)
-            assert_clean(everything_said(error))
+            assert_clean(error)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 

@@ -34,6 +34,7 @@ from mi_credential import (
 )
 from mi_credential._constants import MAX_RESPONSE_BYTES
 
+from .._leaks import assert_no_secret, chain
 from ..conftest import ALL_SOURCES, FakeClock
 from .test_hostile_input import impostor_certificate
 
@@ -184,46 +185,6 @@ def credential_for(
 # -- what an error reporter could take from an exception ------------------------------------------
 
 
-def reachable(root: object) -> Iterator[object]:
-    """Every object reachable from ``root`` through the cause chain, attributes (``vars()`` and
-    slots), and the items of containers: what a reporter that serialises exceptions walks."""
-    seen: set[int] = set()
-    stack: list[tuple[object, int]] = [(root, 0)]
-    while stack:
-        value, depth = stack.pop()
-        if id(value) in seen or depth > 8 or isinstance(value, type):
-            continue
-        seen.add(id(value))
-        yield value
-        children: list[object] = []
-        if isinstance(value, BaseException):
-            children += [value.__cause__, value.__context__, *value.args]
-        if isinstance(value, dict):
-            children += [*value.keys(), *value.values()]
-        elif isinstance(value, (list, tuple, set, frozenset)):
-            children += list(value)
-        elif not isinstance(value, (str, bytes, int, float, bool)) and value is not None:
-            children += list(getattr(value, "__dict__", {}).values())
-            for cls in type(value).__mro__:
-                for slot in getattr(cls, "__slots__", ()):
-                    if isinstance(slot, str) and hasattr(value, slot):
-                        children.append(getattr(value, slot))
-            for name in ("request_info", "headers", "history"):
-                with_attribute = getattr(value, name, None)
-                if with_attribute is not None and not callable(with_attribute):
-                    children.append(with_attribute)
-        stack.extend((child, depth + 1) for child in children if child is not None)
-
-
-def chain(error: BaseException) -> list[BaseException]:
-    found: list[BaseException] = []
-    current: BaseException | None = error
-    while current is not None and current not in found:
-        found.append(current)
-        current = current.__cause__ or current.__context__
-    return found
-
-
 def assert_nothing_leaks(error: BaseException, caplog: pytest.LogCaptureFixture) -> None:
     """``error`` is typed; nothing in its chain is aiohttp's, holds ``request_info`` or shows
     the secret in ``str``, ``repr`` or ``vars()``; no log record shows it either."""
@@ -231,13 +192,7 @@ def assert_nothing_leaks(error: BaseException, caplog: pytest.LogCaptureFixture)
     for link in chain(error):
         assert type(link).__module__.startswith("mi_credential"), repr(link)
         assert getattr(link, "request_info", None) is None
-    for value in reachable(error):
-        for text in (str(value), repr(value)):
-            assert SECRET not in text, f"the secret is reachable through {type(value).__name__}"
-        if hasattr(value, "__dict__"):
-            assert SECRET not in repr(vars(value))
-    for record in caplog.records:
-        assert SECRET not in record.getMessage()
+    assert_no_secret(error, [SECRET], caplog.records)
 
 
 async def failure(credential: ManagedIdentityCredential) -> ManagedIdentityError:
