@@ -16,6 +16,7 @@ import json
 import socket
 import ssl
 import struct
+import sys
 import time
 import tracemalloc
 import zlib
@@ -710,7 +711,22 @@ TLS_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(TLS_CASES))
+#: On Python 3.10, asyncio's SSL transport warns "unclosed transport" when it is collected after
+#: the server closed the connection: aiohttp drops it once the connection is lost, and 3.10 does
+#: not mark it closed (its socket is; the sslproto of 3.11 and later does not warn).
+PY310_SSL_TRANSPORT_WARNING = (
+    [pytest.mark.filterwarnings(
+        "ignore:Exception ignored in. <function _SSLProtocolTransport.__del__"
+        ":pytest.PytestUnraisableExceptionWarning"
+    )]
+    if sys.version_info < (3, 11)
+    else []
+)
+
+
+@pytest.mark.parametrize(
+    "case", [pytest.param(case, marks=PY310_SSL_TRANSPORT_WARNING) for case in TLS_CASES]
+)
 async def test_tls_oddities(
     served: Any, clock: FakeClock, caplog: pytest.LogCaptureFixture, tls: Any, tmp_path: Any,
     case: str,
