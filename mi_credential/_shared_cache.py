@@ -160,7 +160,9 @@ class FileTokenStore:
         now: Wall clock, epoch seconds (an expired entry is not read).
     """
 
-    __slots__ = ("_directory", "_held", "_locks", "_names", "_namespace", "_now", "_warned")
+    __slots__ = (
+        "_directory", "_held", "_locks", "_names", "_namespace", "_now", "_pid", "_warned"
+    )
 
     def __init__(self, directory: str, namespace: bytes, now: Callable[[], float]) -> None:
         import filelock  # the extra; checked by open_store
@@ -171,6 +173,7 @@ class FileTokenStore:
         self._names: dict[Target, str] = {}
         self._locks: dict[str, filelock.FileLock] = {}
         self._held: set[str] = set()
+        self._pid = os.getpid()
         self._warned = False
 
     def __repr__(self) -> str:
@@ -237,6 +240,7 @@ class FileTokenStore:
         import filelock
 
         name = self._name(target)
+        self._forget_locks_after_fork()
         lock = self._locks.get(name)
         if lock is None:
             path = os.path.join(self._directory, name + ".lock")
@@ -253,10 +257,17 @@ class FileTokenStore:
 
     def unlock(self, target: Target) -> None:
         name = self._name(target)
+        self._forget_locks_after_fork()
         if name in self._held:
             self._held.discard(name)
             with contextlib.suppress(OSError):
                 self._locks[name].release()
+
+    def _forget_locks_after_fork(self) -> None:
+        """In a child forked from the process that made the locks, none is the child's, even
+        one held there: filelock has let go of the child's copies and refuses to use them."""
+        if self._pid != os.getpid():
+            self._locks, self._held, self._pid = {}, set(), os.getpid()
 
     def _name(self, target: Target) -> str:
         name = self._names.get(target)

@@ -20,6 +20,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 import warnings
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
@@ -295,3 +296,51 @@ def test_a_credential_used_before_fork_works_in_the_child(served: Served) -> Non
         assert parent.run(credential.get_token(NEW)).token != report["new"]
         parent.run(credential.close())
     assert len(emulator.requests) == 5
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is not available on this platform")
+def test_a_shared_cache_lock_held_at_fork_stays_the_parents(tmp_path: Any) -> None:
+    """A child forked while this process holds a shared-cache lock (its refresh in flight, as
+    when a gunicorn master forks workers) does not hold it too: the child is refused while the
+    parent holds it, its exit does not release it, and once the parent lets go it can be taken.
+    (filelock before 3.30 hands the child the parent's lock; later ones refuse the child the
+    parent's lock objects, which the store then makes anew.)"""
+    pytest.importorskip("filelock", reason="the shared-cache extra is not installed")
+    from mi_credential._shared_cache import FileTokenStore, prepare_directory
+    from mi_credential._sources._base import Target
+
+    directory = str(tmp_path / "shared")
+    prepare_directory(directory)
+    target = Target("https://management.azure.com")
+    store = FileTokenStore(directory, b"fork-test", time.time)
+    elsewhere = FileTokenStore(directory, b"fork-test", time.time)  # another process's view
+    assert store.try_lock(target)
+
+    def child() -> dict[str, Any]:
+        refused = not store.try_lock(target)
+        store.unlock(target)  # what the child's copy of the refresh would do, were it to run
+        elsewhere_refused = not elsewhere.try_lock(target)
+        gc.collect()
+        return {"refused": refused, "elsewhere_refused": elsewhere_refused}
+
+    report = child_result(*in_child(child))
+    assert report.get("error") is None
+    assert report["reported"] == []
+    assert report["refused"] is True and report["elsewhere_refused"] is True
+    assert not elsewhere.try_lock(target)  # still the parent's, after the child exited
+    store.unlock(target)
+    assert elsewhere.try_lock(target)
+    elsewhere.unlock(target)
+
+    # A child forked while nothing is held takes a lock of its own (the others are refused),
+    # which ends with it.
+    def second_child() -> dict[str, Any]:
+        took = store.try_lock(target)
+        return {"took": took, "exclusive": not elsewhere.try_lock(target)}
+
+    report = child_result(*in_child(second_child))
+    assert report.get("error") is None
+    assert report["reported"] == []
+    assert report["took"] is True and report["exclusive"] is True
+    assert store.try_lock(target)
+    store.unlock(target)
