@@ -35,6 +35,9 @@ class MalformedRequest(Exception):
     """A request whose query string or body cannot be read: the endpoint answers 400."""
 
 
+_IPV6_LOOPBACK = ipaddress.IPv6Address("::1")
+
+
 def loopback_authority(authority: str) -> bool:
     """Whether ``authority`` (a ``Host`` header, or the host[:port] of an origin) names a
     loopback host: ``localhost``, an IPv4 address in 127.0.0.0/8 or ``[::1]``, with an optional
@@ -43,8 +46,8 @@ def loopback_authority(authority: str) -> bool:
         name, bracket, rest = authority[1:].partition("]")
         if not bracket or (rest and not (rest.startswith(":") and _port(rest[1:]))):
             return False
-        try:
-            return ipaddress.IPv6Address(name).is_loopback
+        try:  # ::1 itself: Python 3.13 also calls ::ffff:127.0.0.1 loopback, 3.12 does not
+            return ipaddress.IPv6Address(name) == _IPV6_LOOPBACK
         except ValueError:
             return False
     name, colon, port = authority.partition(":")
