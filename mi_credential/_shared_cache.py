@@ -23,6 +23,7 @@ import logging
 import os
 import stat
 import sys
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -151,6 +152,14 @@ def namespace(config: SourceConfig, identity: Identity) -> bytes:
     return "\0".join(parts).encode()
 
 
+#: Every store in use, for a forked child to forget their locks (``_fork``).
+_live: weakref.WeakSet[FileTokenStore] = weakref.WeakSet()
+
+
+def live_stores() -> list[FileTokenStore]:
+    return list(_live)
+
+
 class FileTokenStore:
     """Tokens in files of one directory, for the credentials of one namespace.
 
@@ -161,7 +170,7 @@ class FileTokenStore:
     """
 
     __slots__ = (
-        "_directory", "_held", "_locks", "_names", "_namespace", "_now", "_pid", "_warned"
+        "__weakref__", "_directory", "_held", "_locks", "_names", "_namespace", "_now", "_warned"
     )
 
     def __init__(self, directory: str, namespace: bytes, now: Callable[[], float]) -> None:
@@ -173,8 +182,8 @@ class FileTokenStore:
         self._names: dict[Target, str] = {}
         self._locks: dict[str, filelock.FileLock] = {}
         self._held: set[str] = set()
-        self._pid = os.getpid()
         self._warned = False
+        _live.add(self)
 
     def __repr__(self) -> str:
         return f"FileTokenStore(directory={self._directory!r})"
@@ -240,7 +249,6 @@ class FileTokenStore:
         import filelock
 
         name = self._name(target)
-        self._forget_locks_after_fork()
         lock = self._locks.get(name)
         if lock is None:
             path = os.path.join(self._directory, name + ".lock")
@@ -257,17 +265,18 @@ class FileTokenStore:
 
     def unlock(self, target: Target) -> None:
         name = self._name(target)
-        self._forget_locks_after_fork()
         if name in self._held:
             self._held.discard(name)
             with contextlib.suppress(OSError):
                 self._locks[name].release()
 
-    def _forget_locks_after_fork(self) -> None:
-        """In a child forked from the process that made the locks, none is the child's, even
-        one held there: filelock has let go of the child's copies and refuses to use them."""
-        if self._pid != os.getpid():
-            self._locks, self._held, self._pid = {}, set(), os.getpid()
+    def forget_locks(self) -> list[object]:
+        """Forget the locks, returning them: in a forked child none is the child's, even one
+        held in the parent (filelock has let go of the child's copies and refuses to use them),
+        so the child makes its own."""
+        locks: list[object] = [*self._locks.values()]
+        self._locks, self._held = {}, set()
+        return locks
 
     def _name(self, target: Target) -> str:
         name = self._names.get(target)
