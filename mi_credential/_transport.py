@@ -313,7 +313,7 @@ class Transport:
                 raise_for_status=False,
                 auto_decompress=False,
                 read_until_eof=True,
-                **_response_limits(),
+                **_RESPONSE_LIMITS,
             ) as response:
                 body = await read_body(response, MAX_RESPONSE_BYTES)
                 return RawResponse(
@@ -335,17 +335,13 @@ class Transport:
                 await shared.close_if_idle()
 
 
-@functools.lru_cache(maxsize=1)
-def _response_limits() -> dict[str, Any]:
-    """aiohttp's defaults, set per request so that a session's own cannot loosen them."""
-    import inspect
-
-    import aiohttp
-
-    limits: dict[str, Any] = {"read_bufsize": 2**16, "max_line_size": 8190, "max_field_size": 8190}
-    if "max_headers" in inspect.signature(aiohttp.ClientSession._request).parameters:
-        limits["max_headers"] = 128  # aiohttp 3.13.4 and later
-    return limits
+#: aiohttp's defaults, set per request so that a session's own cannot loosen them.
+_RESPONSE_LIMITS: dict[str, Any] = {
+    "read_bufsize": 2**16,
+    "max_line_size": 8190,
+    "max_field_size": 8190,
+    "max_headers": 128,
+}
 
 
 def _quotable_headers(headers: Mapping[str, str], secrets: tuple[str, ...]) -> Mapping[str, str]:
