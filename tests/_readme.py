@@ -17,12 +17,11 @@ A block may be preceded by one HTML comment saying how to run it::
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from .conftest import child_environ
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -161,7 +160,7 @@ async def run_block(block: Block, directory: Path, env: dict[str, str], code: st
         "error",
         *argv,
         cwd=directory,
-        env=child_environ(**env),
+        env={**os.environ, **env},  # IMDS on loopback: conftest.children_off_the_network
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )

@@ -8,6 +8,7 @@ import ipaddress
 import logging
 import os
 import socket
+import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -44,17 +45,6 @@ class FakeClock:
 #: Where IMDS is for a child process the tests start: a loopback port nothing listens on (the
 #: discard port), never 169.254.169.254, whatever the child ends up doing.
 CHILD_IMDS = "http://127.0.0.1:9"
-
-
-def child_environ(**overrides: str) -> dict[str, str]:
-    """The environment of a child process the tests start: this one's without any managed
-    identity variable, IMDS pointed at loopback, then ``overrides``. The in-process guard
-    (:func:`loopback_only`) does not reach into children; this keeps them off the network."""
-    names = {*EnvironmentVariables.ALL, "MI_CREDENTIAL_SHARED_CACHE"}
-    env = {k: v for k, v in os.environ.items() if k not in names}
-    env[EnvironmentVariables.AZURE_POD_IDENTITY_AUTHORITY_HOST] = CHILD_IMDS
-    env.update(overrides)
-    return env
 
 
 @pytest.fixture(autouse=True)
@@ -94,6 +84,27 @@ def loopback_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
     yield attempts
     assert not attempts, f"a test tried to connect to {attempts}"
+
+
+def off_the_network(env: dict[str, str] | None) -> dict[str, str] | None:
+    """A child process's environment with IMDS on loopback (:data:`CHILD_IMDS`) unless it names
+    an IMDS of its own: the in-process guard does not reach into children."""
+    name = EnvironmentVariables.AZURE_POD_IDENTITY_AUTHORITY_HOST
+    base = os.environ if env is None else env
+    return env if name in base else {**base, name: CHILD_IMDS}
+
+
+@pytest.fixture(autouse=True)
+def children_off_the_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every process a test starts (``subprocess``, ``asyncio.create_subprocess_exec``) gets
+    :func:`off_the_network`'s environment, so none falls back to 169.254.169.254."""
+    real_init = subprocess.Popen.__init__
+
+    def init(self: subprocess.Popen[Any], *args: Any, **kwargs: Any) -> None:
+        kwargs["env"] = off_the_network(kwargs.get("env"))
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", init)
 
 
 @pytest.fixture(autouse=True)

@@ -23,15 +23,15 @@ import pytest
 from mi_credential._cli._ports import listen_problem
 from mi_credential.emulator import Emulator
 
-from .conftest import child_environ
-
 SCOPE = "https://vault.azure.net/.default"
 
 
 def run_cli(
     tmp: Path, *args: str, environ: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    env = child_environ(TMPDIR=str(tmp), TEMP=str(tmp), TMP=str(tmp), **(environ or {}))
+    # No managed identity variable of the machine (conftest.clean_environ), and IMDS on
+    # loopback (conftest.children_off_the_network).
+    env = {**os.environ, "TMPDIR": str(tmp), "TEMP": str(tmp), "TMP": str(tmp), **(environ or {})}
     return subprocess.run(
         [sys.executable, "-m", "mi_credential", *args],
         capture_output=True, text=True, timeout=120, env=env, check=False,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import subprocess
 import sys
 import textwrap
@@ -233,6 +234,25 @@ async def test_unhashable_scopes_are_value_errors(
         await credential.get_token(["https://a/.default"])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="non-empty string"):
         await credential.get_token_info(["https://a/.default"])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (None, "http://127.0.0.1:9"),
+        ({"PATH": os.environ.get("PATH", "")}, "http://127.0.0.1:9"),
+        ({"AZURE_POD_IDENTITY_AUTHORITY_HOST": "http://127.0.0.1:8"}, "http://127.0.0.1:8"),
+    ],
+    ids=["inherited", "given", "its own"],
+)
+def test_processes_tests_start_have_imds_on_loopback(
+    env: dict[str, str] | None, expected: str
+) -> None:
+    code = "import os; print(os.environ.get('AZURE_POD_IDENTITY_AUTHORITY_HOST'))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == expected
 
 
 def test_tests_cannot_reach_non_loopback_addresses(loopback_only: list[str]) -> None:
